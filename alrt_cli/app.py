@@ -1,0 +1,32 @@
+"""Root of the `alrt` command: command groups and the user-error boundary."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from alrt_cli import data_cmd, train_cmd
+from alrt_core.errors import UserError
+
+app = typer.Typer(
+    name="alrt",
+    help="Adaptive low-rank training of small GPTs, shipped as byte-budgeted artifacts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cmd.app, name="data")
+app.command("train")(train_cmd.train)
+
+error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as error:
+        # One line on stderr, exit 2, no traceback: the user can fix this.
+        error_console.print(f"[bold red]error:[/] {error}", markup=True)
+        sys.exit(UserError.exit_code)

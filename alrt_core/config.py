@@ -1,0 +1,258 @@
+"""Configuration dataclasses, presets and `--set section.key=value` overrides.
+
+The resolved config of a run is written to `config.json` and stored in every checkpoint, so that a model can be
+rebuilt and a run resumed from the file alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from alrt_core.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    """Shape and switches of the one GPT class."""
+
+    vocab_size: int | None = None  # None: taken from the tokenizer
+    num_layers: int = 6
+    model_dim: int = 256
+    num_heads: int = 4
+    num_kv_heads: int = 2  # grouped-query attention when smaller than num_heads
+    mlp_mult: float = 4.0  # hidden width = round(mlp_mult * model_dim)
+    seq_len: int = 256  # trained context; RoPE tables and KV caches are sized from it
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    rope_dims: int | None = None  # partial RoPE: rotate only the first rope_dims of each head (None = all)
+    logit_softcap: float = 30.0  # 0 disables the tanh softcap
+    qk_norm: bool = True
+    qk_gain_init: float = 1.5  # learnable per-head multiplier on normalised queries
+    unet_skips: bool = True  # encoder half feeds the decoder half through learned per-channel skip weights
+    resid_mix: bool = True  # each block mixes the residual stream with the initial embedding stream
+    rank: int | None = None  # rank of every factorised projection W = U·V; None = dense
+    embed_init_std: float = 0.005
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.mlp_mult * self.model_dim))
+
+    def validate(self) -> None:
+        if self.model_dim % self.num_heads:
+            raise UserError(f"model.model_dim={self.model_dim} is not divisible by model.num_heads={self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise UserError(f"model.num_heads={self.num_heads} is not divisible by model.num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise UserError(f"head dimension {self.head_dim} must be even for RoPE")
+        if self.rope_dims is not None and (self.rope_dims % 2 or not 0 < self.rope_dims <= self.head_dim):
+            raise UserError(f"model.rope_dims={self.rope_dims} must be even and in (0, {self.head_dim}]")
+        if self.rank is not None and self.rank < 1:
+            raise UserError(f"model.rank={self.rank} must be a positive integer or None (dense)")
+        for name in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "seq_len"):
+            if getattr(self, name) < 1:
+                raise UserError(f"model.{name} must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, schedule, evaluation cadence and stopping."""
+
+    seed: int = 1337
+    batch_tokens: int = 16384  # global tokens per optimizer step (all ranks, all micro-steps)
+    micro_batch_tokens: int | None = None  # tokens per rank per forward/backward; None = batch_tokens / world
+    max_steps: int | None = None
+    max_minutes: float | None = None  # wallclock budget for training (evaluation time excluded)
+    warmup_steps: int = 10
+    warmdown_frac: float = 0.4  # final fraction of the run with linearly decaying LR
+    matrix_lr: float = 0.04  # Muon, for every projection matrix and factor
+    embed_lr: float = 0.05  # AdamW, token embedding (tied head)
+    head_lr: float = 0.008  # AdamW, untied head
+    scalar_lr: float = 0.04  # AdamW, gains, mixes, skip weights
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 300
+    muon_ns_steps: int = 5
+    weight_decay: float = 0.0  # decoupled, on matrices
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 0.0  # 0 disables clipping of the global gradient norm
+    ema_decay: float = 0.0  # 0 disables the EMA of weights; when on, eval and checkpoints use it
+    eval_every: int = 200  # steps between validation passes (and last.pt)
+    eval_tokens: int | None = None  # cap on validation tokens per periodic eval (None = all)
+    log_every: int = 25
+    early_stop_patience: int | None = None  # evals without improvement before stopping
+    autocast: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX, else fp32) | bf16 | off
+    compile: bool = False  # torch.compile the model
+
+    def validate(self) -> None:
+        if self.max_steps is None and self.max_minutes is None:
+            raise UserError("set train.max_steps or train.max_minutes (--max-steps / --max-minutes)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"train.max_steps={self.max_steps} must be positive")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UserError(f"train.max_minutes={self.max_minutes} must be positive")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise UserError(f"train.autocast={self.autocast!r} must be 'auto', 'bf16' or 'off'")
+        if not 0.0 <= self.warmdown_frac <= 1.0:
+            raise UserError(f"train.warmdown_frac={self.warmdown_frac} must be in [0, 1]")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"train.ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.eval_every < 1 or self.log_every < 1:
+            raise UserError("train.eval_every and train.log_every must be positive")
+
+
+@dataclass
+class DataConfig:
+    """Where the tokens come from; `path=None` is the embedded Shakespeare corpus."""
+
+    path: str | None = None
+    tokenizer: str | None = None
+    vocab_size: int = 1024  # for data prepared on the fly
+
+
+@dataclass
+class RunConfig:
+    preset: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        config = cls(preset=raw.get("preset", "custom"))
+        for section in ("model", "train", "data"):
+            for key, value in raw.get(section, {}).items():
+                _set_field(config, f"{section}.{key}", value, from_text=False)
+        return config
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _preset_tiny() -> RunConfig:
+    """Seconds on a laptop: for tests and smoke runs."""
+    return RunConfig(
+        preset="tiny",
+        model=ModelConfig(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_mult=2.0, seq_len=64),
+        train=TrainConfig(batch_tokens=1024, max_steps=20, warmup_steps=2, eval_every=10, eval_tokens=8192, log_every=5),
+    )
+
+
+def _preset_cpu() -> RunConfig:
+    """The 10-minute default on a 2-core CPU with bf16 matmuls."""
+    return RunConfig(
+        preset="cpu",
+        model=ModelConfig(num_layers=6, model_dim=256, num_heads=4, num_kv_heads=2, mlp_mult=4.0, seq_len=256),
+        train=TrainConfig(batch_tokens=16384, max_minutes=10.0, warmup_steps=10, eval_every=100, log_every=20),
+    )
+
+
+def _preset_golf() -> RunConfig:
+    """Parameter-golf scale (one 8xH100 node); builds and steps on CPU too, slowly."""
+    return RunConfig(
+        preset="golf",
+        model=ModelConfig(num_layers=11, model_dim=512, num_heads=8, num_kv_heads=4, mlp_mult=3.0, seq_len=2048),
+        train=TrainConfig(
+            batch_tokens=524288,
+            micro_batch_tokens=65536,
+            max_minutes=10.0,
+            warmup_steps=20,
+            warmdown_frac=0.3,
+            eval_every=1000,
+            log_every=100,
+            compile=True,
+        ),
+    )
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
+    "tiny": _preset_tiny,
+    "cpu": _preset_cpu,
+    "golf": _preset_golf,
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    return PRESETS[name]()
+
+
+def apply_overrides(config: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply `section.key=value` strings; values are parsed by the field's declared type."""
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep:
+            raise UserError(f"--set expects section.key=value, got {assignment!r}")
+        _set_field(config, key.strip(), value.strip(), from_text=True)
+    return config
+
+
+def set_value(config: RunConfig, key: str, value: Any) -> None:
+    """Set one field from a Python value (used by CLI flags that mirror config fields)."""
+    _set_field(config, key, value, from_text=False)
+
+
+def known_keys() -> list[str]:
+    return [
+        f"{section}.{f.name}"
+        for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig))
+        for f in dataclasses.fields(cls)
+    ]
+
+
+def _set_field(config: RunConfig, key: str, value: Any, *, from_text: bool) -> None:
+    section_name, _, field_name = key.partition(".")
+    section = getattr(config, section_name, None) if section_name in ("model", "train", "data") else None
+    fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    if field_name not in fields:
+        raise UserError(f"unknown config key {key!r} (known keys: {', '.join(known_keys())})")
+    hint = typing.get_type_hints(type(section))[field_name]
+    setattr(section, field_name, _coerce(key, value, hint, from_text))
+
+
+def _coerce(key: str, value: Any, hint: Any, from_text: bool) -> Any:
+    """Convert `value` to the declared type `hint` (int, float, bool, str, or X | None)."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if type(None) in allowed and (value is None or (from_text and str(value).lower() in ("none", "null"))):
+        return None
+    for kind in (t for t in allowed if t is not type(None)):
+        try:
+            if kind is bool:
+                if isinstance(value, bool):
+                    return value
+                text = str(value).lower()
+                if text in ("1", "true", "yes", "on"):
+                    return True
+                if text in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError(value)
+                return int(str(value).replace("_", "")) if from_text else int(value)
+            if kind is float:
+                return float(value)
+            if kind is str:
+                return str(value)
+        except (TypeError, ValueError):
+            continue
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise UserError(f"bad value {value!r} for {key}: expected {names}")

@@ -1,0 +1,95 @@
+"""Validation loss and exact bits per byte over non-overlapping windows of the trained context.
+
+bpb = Σ NLL / (ln 2 · Σ bytes): NLL summed in float64 over every scored token, bytes from the tokenizer's pieces
+(`Tokenizer.count_bytes`, the parameter-golf accounting) so that they add up to the UTF-8 length of the text.
+Under torch.distributed, windows are split across ranks and the sums all-reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.model.gpt import GPT
+from alrt_core.training.distributed import DistributedContext
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float  # mean NLL per token, nats
+    bpb: float
+    tokens: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def autocast_context(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA and on CPUs with AMX tiles; on plain AVX-512 CPUs fp32 matmuls are faster."""
+    if device.type == "cuda":
+        return True
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(amx()) if amx is not None else False
+
+
+def resolve_autocast(mode: str, device: torch.device) -> bool:
+    """Whether to run under bf16 autocast for train.autocast = auto | bf16 | off."""
+    return mode == "bf16" or (mode == "auto" and bf16_is_fast(device))
+
+
+def bits_per_byte(nll_sum: float, byte_count: int) -> float:
+    return nll_sum / (math.log(2.0) * byte_count)
+
+
+@torch.no_grad()
+def evaluate(
+    model: GPT,
+    tokens: np.ndarray,
+    tokenizer: Tokenizer,
+    *,
+    seq_len: int,
+    batch_sequences: int,
+    device: torch.device,
+    autocast: bool,
+    max_tokens: int | None = None,
+    dist_ctx: DistributedContext | None = None,
+) -> EvalResult:
+    """Score `tokens` (a BOS-separated stream) in windows of `seq_len`; the first token is context only."""
+    usable = tokens.shape[0] - 1
+    if max_tokens is not None:
+        usable = min(usable, max_tokens)
+    windows = usable // seq_len
+    if windows == 0:
+        raise ValueError(f"validation data has fewer than {seq_len + 1} tokens")
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
+    first, last = windows * rank // world, windows * (rank + 1) // world
+    sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(first, last, batch_sequences):
+            stop = min(start + batch_sequences, last)
+            chunk = np.asarray(tokens[start * seq_len : stop * seq_len + 1], dtype=np.int64)
+            inputs = torch.from_numpy(chunk[:-1].reshape(-1, seq_len))
+            targets = torch.from_numpy(chunk[1:].reshape(-1, seq_len))
+            with autocast_context(device, autocast):
+                nll = model(inputs.to(device), targets.to(device), reduction="sum")
+            sums[0] += float(nll)
+            sums[1] += targets.numel()
+            sums[2] += int(tokenizer.count_bytes(chunk[:-1], chunk[1:]))
+    finally:
+        model.train(was_training)
+    if dist_ctx is not None and dist_ctx.enabled:
+        sums = dist_ctx.all_reduce(sums.to(dist_ctx.device)).cpu()
+    nll_sum, token_count, byte_count = float(sums[0]), int(sums[1]), int(sums[2])
+    return EvalResult(loss=nll_sum / token_count, bpb=bits_per_byte(nll_sum, byte_count), tokens=token_count, bytes=byte_count)

@@ -1,0 +1,53 @@
+"""Preallocated per-layer key/value cache for incremental decoding.
+
+Shapes follow the attention layout after the GQA projection: (batch, kv_heads, max_len, head_dim), so the cache
+costs num_kv_heads (not num_heads) per layer. The model advances `length` once per forward call, after all
+layers have written their keys and values at the same positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.max_len - self.length
+
+    def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this call's keys/values for `layer` and return all cached ones up to and including them."""
+        new = keys.shape[2]
+        end = self.length + new
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {new} positions exceed its {self.max_len}")
+        self.keys[layer, :, :, self.length : end] = keys.to(self.keys.dtype)
+        self.values[layer, :, :, self.length : end] = values.to(self.values.dtype)
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, count: int) -> None:
+        self.length += count
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (e.g. to regenerate a reply)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.length = length

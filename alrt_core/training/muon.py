@@ -1,0 +1,84 @@
+"""Muon: momentum SGD whose matrix updates are orthogonalised by a Newton–Schulz iteration.
+
+Used for every projection matrix, including both factors `U` and `V` of factorised layers. Under
+torch.distributed the orthogonalisation of the parameters is split across ranks round-robin and the updates are
+summed back, so each rank does 1/world of the Newton–Schulz work and all end with identical weights.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+# Quintic Newton–Schulz coefficients tuned for fast convergence of singular values towards 1 (Jordan et al.).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately U·Vᵀ of the SVD of `matrix`, computed in bf16."""
+    a, b, c = NS_COEFFICIENTS
+    x = matrix.bfloat16()
+    transposed = x.shape[0] > x.shape[1]
+    if transposed:
+        x = x.T
+    x = x / (x.norm() + eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, Newton–Schulz orthogonalised update, decoupled weight decay."""
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay, nesterov=nesterov))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        distributed = dist.is_available() and dist.is_initialized()
+        world = dist.get_world_size() if distributed else 1
+        rank = dist.get_rank() if distributed else 0
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
+            offset = 0
+            for index, p in enumerate(params):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
+                # Every rank keeps the full momentum (cheap, gradients are already identical) so that rank 0's
+                # checkpoint holds the whole optimizer state; only the orthogonalisation is split.
+                buffer.mul_(group["momentum"]).add_(p.grad)
+                if index % world == rank:
+                    update = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                    update = orthogonalize(update, group["ns_steps"])
+                    # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
+                    update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                    flat[offset : offset + p.numel()] = update.flatten().float()
+                offset += p.numel()
+            if world > 1:
+                dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                if group["weight_decay"]:
+                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.add_(flat[offset : offset + p.numel()].view_as(p), alpha=-group["lr"])
+                offset += p.numel()
+        return loss

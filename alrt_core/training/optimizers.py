@@ -1,0 +1,56 @@
+"""Parameter groups: Muon for projection matrices (dense weights and both factors), AdamW for the rest."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from alrt_core.config import TrainConfig
+from alrt_core.model.gpt import GPT
+from alrt_core.training.muon import Muon
+
+
+def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
+    """Group every trainable parameter exactly once: matrices, embedding, head, scalars/vectors."""
+    matrices = [p for layer in model.projections().values() for p in layer.parameters()]
+    embedding = [model.embed.weight]
+    head = [model.head.weight] if model.head is not None else []
+    taken = {id(p) for p in matrices + embedding + head}
+    scalars = [p for p in model.parameters() if id(p) not in taken]
+    return {"matrix": matrices, "embed": embedding, "head": head, "scalar": scalars}
+
+
+def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """Optimizers in a fixed order (their state dicts are saved as a list in that order)."""
+    groups = split_parameters(model)
+    muon = Muon(
+        groups["matrix"], lr=config.matrix_lr, momentum=config.muon_momentum,
+        ns_steps=config.muon_ns_steps, weight_decay=config.weight_decay,
+    )
+    adam_groups = [
+        {"params": groups["embed"], "lr": config.embed_lr, "name": "embed"},
+        {"params": groups["scalar"], "lr": config.scalar_lr, "name": "scalar"},
+    ]
+    if groups["head"]:
+        adam_groups.append({"params": groups["head"], "lr": config.head_lr, "name": "head"})
+    adam = torch.optim.AdamW(
+        adam_groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, weight_decay=0.0,
+    )
+    optimizers: list[torch.optim.Optimizer] = [muon, adam]
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+    return optimizers
+
+
+def set_lr_scale(optimizers: list[torch.optim.Optimizer], scale: float) -> None:
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * scale
+
+
+def set_muon_momentum(optimizers: list[torch.optim.Optimizer], momentum: float) -> None:
+    for optimizer in optimizers:
+        if isinstance(optimizer, Muon):
+            for group in optimizer.param_groups:
+                group["momentum"] = momentum

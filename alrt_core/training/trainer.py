@@ -1,0 +1,344 @@
+"""The training loop: single process or torchrun (DDP), with exact resume.
+
+Everything the run does is reported as events (see `events.py`); rendering them is the CLI's job. Only rank 0
+writes files. The loop checks a stop flag after every optimizer step, so Ctrl-C (once) or a listener calling
+`request_stop` ends the run at a step boundary with a consistent `last.pt`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from alrt_core.config import RunConfig
+from alrt_core.data.prepare import DatasetInfo, default_cache_dir, resolve_dataset
+from alrt_core.data.shards import read_shard
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.errors import UserError
+from alrt_core.evaluate import EvalResult, autocast_context, evaluate, resolve_autocast
+from alrt_core.fileio import atomic_write_text
+from alrt_core.model.gpt import GPT, uniform_baseline_nats
+from alrt_core.training.batches import TrainBatches
+from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
+from alrt_core.training.distributed import DistributedContext, init_distributed
+from alrt_core.training.ema import WeightEMA
+from alrt_core.training.events import EventLog, Listener
+from alrt_core.training.optimizers import build_optimizers, set_lr_scale, set_muon_momentum
+from alrt_core.training.run_config import resolve_resume_config
+from alrt_core.training.schedule import Schedule, muon_momentum
+
+CHINCHILLA_TOKENS_PER_PARAM = 20.0
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    stop_reason: str
+    best_val_bpb: float
+    final: EvalResult
+
+
+def rank_summary(model: GPT) -> dict[str, Any]:
+    ranks = [rank for rank in model.layer_ranks().values() if rank is not None]
+    if not ranks:
+        return {"rank_min": None, "rank_mean": None, "rank_max": None}
+    return {"rank_min": min(ranks), "rank_mean": round(sum(ranks) / len(ranks), 2), "rank_max": max(ranks)}
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: RunConfig | None,
+        run_dir: Path | None = None,
+        *,
+        resume: Path | None = None,
+        resume_changes: dict[str, Any] | None = None,
+        listeners: list[Listener] | None = None,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        """`config` is the requested run. With `resume`, the checkpoint's config is used; `config` (if given) and
+        `resume_changes` (single fields such as a longer train.max_steps) may only change resumable fields."""
+        self.checkpoint = load_checkpoint(resume) if resume is not None else None
+        if self.checkpoint is not None:
+            saved = RunConfig.from_dict(self.checkpoint["config"])
+            config = resolve_resume_config(saved, config, resume_changes)
+            run_dir = resume.parent
+        if config is None or run_dir is None:
+            raise ValueError("a config and a run directory are required unless resuming")
+        self.config, self.run_dir, self.resume_path = config, run_dir, resume
+        self.listeners = list(listeners or [])
+        self.progress = progress
+        self.ctx: DistributedContext = init_distributed(device)
+        self._stop_reason: str | None = None
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the loop to stop after the current optimizer step (thread- and signal-safe)."""
+        self._stop_reason = self._stop_reason or reason
+
+    # -- setup -----------------------------------------------------------------------------------------------
+
+    def _prepare_data(self) -> DatasetInfo:
+        data = self.config.data
+        # Rank 0 prepares (tokenizer training, sharding) while the others wait, then everyone reads the cache.
+        if self.ctx.is_main:
+            info = resolve_dataset(data.path, data.tokenizer, default_cache_dir(), data.vocab_size, progress=self.progress)
+        self.ctx.barrier()
+        if not self.ctx.is_main:
+            info = resolve_dataset(data.path, data.tokenizer, default_cache_dir(), data.vocab_size, progress=False)
+        return info
+
+    def _build(self) -> None:
+        config, ctx = self.config, self.ctx
+        self.dataset = self._prepare_data()
+        self.tokenizer = Tokenizer.load(self.dataset.tokenizer_path)
+        if config.model.vocab_size is None:
+            config.model.vocab_size = self.tokenizer.vocab_size
+        elif config.model.vocab_size != self.tokenizer.vocab_size:
+            raise UserError(
+                f"model.vocab_size={config.model.vocab_size} does not match the tokenizer's vocabulary "
+                f"of {self.tokenizer.vocab_size} ({self.dataset.tokenizer_path})"
+            )
+        config.validate()
+        train = config.train
+        self.autocast = resolve_autocast(train.autocast, ctx.device)
+        seq_len = config.model.seq_len
+        micro_tokens = train.micro_batch_tokens or train.batch_tokens // ctx.world_size
+        if micro_tokens < seq_len or micro_tokens % seq_len or train.batch_tokens % (micro_tokens * ctx.world_size):
+            raise UserError(
+                f"train.batch_tokens={train.batch_tokens} must split into {ctx.world_size} rank(s) x micro-batches of "
+                f"whole sequences (micro_batch_tokens={micro_tokens}, seq_len={seq_len})"
+            )
+        self.micro_sequences = micro_tokens // seq_len
+        self.accumulation = train.batch_tokens // (micro_tokens * ctx.world_size)
+
+        torch.manual_seed(train.seed)
+        ranks = self.checkpoint["ranks"] if self.checkpoint else None
+        self.model = GPT(config.model, layer_ranks=ranks).to(ctx.device)
+        self.optimizers = build_optimizers(self.model, train)
+        self.ema = WeightEMA(self.model, train.ema_decay) if train.ema_decay > 0 else None
+        self.batches = TrainBatches(self.dataset.train_files, seq_len, train.seed, ctx.rank, ctx.world_size)
+        self.val_tokens = np.concatenate([np.asarray(read_shard(path)) for path in self.dataset.val_files])
+        self.schedule = Schedule(
+            train.warmup_steps, train.warmdown_frac, train.max_steps,
+            train.max_minutes * 60.0 if train.max_minutes is not None else None,
+        )
+        self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        self.best_bpb, self.evals_without_improvement = math.inf, 0
+        if self.checkpoint is not None:
+            self._restore(self.checkpoint)
+        forward_model: torch.nn.Module = torch.compile(self.model) if train.compile else self.model
+        if ctx.enabled:
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            forward_model = DistributedDataParallel(forward_model, device_ids=device_ids, broadcast_buffers=False)
+        self.forward_model = forward_model
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.batches.load_state_dict(state["batches"])
+        self.step, self.elapsed, self.tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
+        self.best_bpb, self.evals_without_improvement = state["best_val_bpb"], state["evals_without_improvement"]
+        torch.set_rng_state(state["rng"])
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.json", self.config.to_json() + "\n")
+        target = self.run_dir / "tokenizer.model"
+        if not target.exists() or target.read_bytes() != self.tokenizer.model_bytes():
+            shutil.copyfile(self.dataset.tokenizer_path, target)
+
+    # -- loop ------------------------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self._build()
+        log_path = self.run_dir / "train.jsonl" if self.ctx.is_main else None
+        if self.ctx.is_main:
+            self._write_run_files()
+        self.events = EventLog(log_path, self.listeners)
+        previous_handler = self._install_interrupt_handler()
+        try:
+            self._emit_start()
+            result = self._loop()
+        finally:
+            self.events.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+        return result
+
+    def _install_interrupt_handler(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def on_interrupt(signum: int, frame: Any) -> None:
+            if self._stop_reason == "interrupted":
+                raise KeyboardInterrupt  # second Ctrl-C: stop now
+            self.request_stop("interrupted")
+
+        return signal.signal(signal.SIGINT, on_interrupt)
+
+    def _emit_start(self) -> None:
+        config, params = self.config, self.model.num_parameters()
+        vocab = config.model.vocab_size or 0
+        val_bytes = int(self.tokenizer.count_bytes(self.val_tokens[:-1], self.val_tokens[1:]))
+        val_scored = self.val_tokens.shape[0] - 1
+        planned = config.train.max_steps * config.train.batch_tokens if config.train.max_steps else None
+        self.events.emit(
+            "run_start", self.step,
+            run_dir=str(self.run_dir), resumed_from=str(self.resume_path) if self.resume_path else None,
+            preset=config.preset, device=str(self.ctx.device), world_size=self.ctx.world_size,
+            precision="bf16 autocast" if self.autocast else "fp32",
+            params=params, vocab_size=vocab, layer_ranks=self.model.layer_ranks(),
+            train_tokens=self.batches.total_tokens, tokens_per_epoch=self.batches.tokens_per_epoch,
+            val_tokens=val_scored, val_bytes=val_bytes, planned_tokens=planned,
+            tokens_per_param_epoch=self.batches.tokens_per_epoch / params,
+            chinchilla_fraction_epoch=self.batches.tokens_per_epoch / params / CHINCHILLA_TOKENS_PER_PARAM,
+            chinchilla_fraction_planned=planned / params / CHINCHILLA_TOKENS_PER_PARAM if planned else None,
+            uniform_loss=uniform_baseline_nats(vocab),
+            uniform_bpb=uniform_baseline_nats(vocab) / math.log(2) * val_scored / val_bytes,
+            batch_tokens=config.train.batch_tokens, micro_batch_sequences=self.micro_sequences,
+            accumulation=self.accumulation, max_steps=config.train.max_steps, max_minutes=config.train.max_minutes,
+            log_every=config.train.log_every, eval_every=config.train.eval_every,
+            **rank_summary(self.model),
+        )
+
+    def _synced(self, values: list[float]) -> list[float]:
+        """Sum `values` over ranks in one collective (rank 0 alone contributes the clock)."""
+        if not self.ctx.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.ctx.device)
+        return self.ctx.all_reduce(tensor).tolist()
+
+    def _loop(self) -> TrainResult:
+        train, ctx = self.config.train, self.ctx
+        autocast = self.autocast
+        last_eval_step, final = -1, None
+        reason = None
+        while True:
+            local_stop = 1.0 if self._stop_reason else 0.0
+            clock = self.elapsed if ctx.is_main else 0.0
+            stop_votes, self.elapsed = self._synced([local_stop, clock])
+            reason = self.schedule.finished(self.step, self.elapsed) or (self._stop_reason or "interrupted" if stop_votes else None)
+            if reason:
+                break
+            started = time.perf_counter()
+            scale = self.schedule.lr_scale(self.step, self.elapsed)
+            set_lr_scale(self.optimizers, scale)
+            set_muon_momentum(self.optimizers, muon_momentum(
+                self.step, train.muon_momentum_warmup_start, train.muon_momentum, train.muon_momentum_warmup_steps))
+            nll_sum, byte_count, token_count = 0.0, 0, 0
+            for micro in range(self.accumulation):
+                inputs, targets = self.batches.next_batch(self.micro_sequences)
+                sync = micro == self.accumulation - 1 or not ctx.enabled
+                with nullcontext() if sync else self.forward_model.no_sync():
+                    with autocast_context(ctx.device, autocast):
+                        loss = self.forward_model(inputs.to(ctx.device), targets.to(ctx.device))
+                    (loss / self.accumulation).backward()
+                nll_sum += float(loss.detach()) * targets.numel()
+                token_count += targets.numel()
+                byte_count += int(self.tokenizer.count_bytes(inputs.numpy(), targets.numpy()))
+            grad_norm = None
+            if train.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip))
+            nll_sum, token_count, byte_count = self._synced([nll_sum, float(token_count), float(byte_count)])
+            if not math.isfinite(nll_sum):
+                self._fail_non_finite(nll_sum)
+            for optimizer in self.optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            seconds = time.perf_counter() - started
+            self.step += 1
+            self.elapsed += seconds
+            self.tokens_seen += int(token_count)
+            self.events.emit(
+                "train_step", self.step,
+                loss=nll_sum / token_count, bpb=nll_sum / (math.log(2) * byte_count), lr_scale=scale,
+                lr=scale * train.matrix_lr, tok_s=token_count / seconds, tokens=self.tokens_seen,
+                elapsed=round(self.elapsed, 3), epoch=round(self.batches.epoch, 4), grad_norm=grad_norm,
+                **rank_summary(self.model),
+            )
+            if self.step % train.eval_every == 0:
+                final = self._evaluate_and_save(max_tokens=train.eval_tokens)
+                last_eval_step = self.step
+                if self._stop_reason is None and train.early_stop_patience is not None \
+                        and self.evals_without_improvement >= train.early_stop_patience:
+                    self.request_stop("early_stop")
+        if last_eval_step != self.step or final is None or train.eval_tokens is not None:
+            final = self._evaluate_and_save(max_tokens=None)
+        self.events.emit(
+            "run_end", self.step, reason=reason, best_val_bpb=self.best_bpb, final_val_bpb=final.bpb,
+            final_val_loss=final.loss, tokens=self.tokens_seen, elapsed=round(self.elapsed, 3),
+        )
+        return TrainResult(self.run_dir, self.step, reason, self.best_bpb, final)
+
+    def _fail_non_finite(self, value: float) -> None:
+        last = self.run_dir / "last.pt"
+        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+        self.events.emit("error", self.step, message="non-finite loss", loss=value)
+        raise UserError(f"loss became {value} at step {self.step + 1}; training stopped ({kept})")
+
+    def _evaluate_and_save(self, max_tokens: int | None) -> EvalResult:
+        config = self.config
+        live = self.ema.swap_into(self.model) if self.ema is not None else None
+        try:
+            started = time.perf_counter()
+            result = evaluate(
+                self.model, self.val_tokens, self.tokenizer, seq_len=config.model.seq_len,
+                batch_sequences=max(1, self.micro_sequences), device=self.ctx.device,
+                autocast=self.autocast, max_tokens=max_tokens, dist_ctx=self.ctx,
+            )
+        finally:
+            if live is not None:
+                WeightEMA.restore(self.model, live)
+        improved = result.bpb < self.best_bpb
+        if improved:
+            self.best_bpb, self.evals_without_improvement = result.bpb, 0
+        else:
+            self.evals_without_improvement += 1
+        self.events.emit(
+            "eval", self.step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens,
+            val_bytes=result.bytes, best_val_bpb=self.best_bpb, improved=improved, ema=self.ema is not None,
+            seconds=round(time.perf_counter() - started, 3), full=max_tokens is None,
+        )
+        if self.ctx.is_main:
+            payload = self._checkpoint_payload(result)
+            save_checkpoint(self.run_dir / "last.pt", payload)
+            self.events.emit("checkpoint", self.step, path=str(self.run_dir / "last.pt"), kind="last")
+            if improved:
+                save_checkpoint(self.run_dir / "best.pt", payload)
+                self.events.emit("checkpoint", self.step, path=str(self.run_dir / "best.pt"), kind="best")
+        return result
+
+    def _checkpoint_payload(self, result: EvalResult) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ranks": self.model.layer_ranks(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "batches": self.batches.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "tokens_seen": self.tokens_seen,
+            "best_val_bpb": self.best_bpb,
+            "evals_without_improvement": self.evals_without_improvement,
+            "val": result.to_dict(),
+            "rng": torch.get_rng_state(),
+        }

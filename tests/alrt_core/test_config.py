@@ -1,0 +1,55 @@
+"""Presets, `--set` overrides and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from alrt_core.config import RunConfig, apply_overrides, preset
+from alrt_core.errors import UserError
+
+
+def test_presets_resolve_and_round_trip_through_json_dict():
+    for name in ("tiny", "cpu", "golf"):
+        config = preset(name)
+        config.model.vocab_size = 1024
+        config.validate()
+        assert RunConfig.from_dict(config.to_dict()) == config
+    golf = preset("golf").model
+    assert (golf.num_layers, golf.model_dim, golf.num_heads, golf.num_kv_heads, golf.seq_len) == (11, 512, 8, 4, 2048)
+
+
+def test_overrides_are_parsed_by_field_type():
+    config = apply_overrides(
+        preset("tiny"),
+        ["model.num_layers=5", "model.mlp_mult=3", "model.rank=none", "train.compile=true", "train.max_minutes=1.5",
+         "model.rope_dims=16", "train.batch_tokens=4_096"],
+    )
+    assert config.model.num_layers == 5 and isinstance(config.model.num_layers, int)
+    assert config.model.mlp_mult == 3.0 and config.model.rank is None and config.train.compile is True
+    assert config.train.max_minutes == 1.5 and config.model.rope_dims == 16 and config.train.batch_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("model.layers=3", "unknown config key 'model.layers'"),
+        ("nosection.x=1", "unknown config key 'nosection.x'"),
+        ("model.num_layers=three", "bad value 'three' for model.num_layers: expected int"),
+        ("train.compile=maybe", "bad value 'maybe' for train.compile: expected bool"),
+        ("model.num_layers", "--set expects section.key=value"),
+    ],
+)
+def test_bad_overrides_are_user_errors(assignment, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("'", "'")):
+        apply_overrides(preset("tiny"), [assignment])
+
+
+def test_unknown_preset_and_invalid_shapes():
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        preset("huge")
+    config = apply_overrides(preset("tiny"), ["model.num_heads=3"])
+    with pytest.raises(UserError, match="not divisible by model.num_heads=3"):
+        config.validate()
+    config = apply_overrides(preset("tiny"), ["train.max_steps=none"])
+    with pytest.raises(UserError, match="set train.max_steps or train.max_minutes"):
+        config.validate()

@@ -1,0 +1,70 @@
+"""Muon, parameter grouping and the LR schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alrt_core.config import ModelConfig, TrainConfig
+from alrt_core.model.gpt import GPT
+from alrt_core.training.muon import Muon, orthogonalize
+from alrt_core.training.optimizers import build_optimizers, split_parameters
+from alrt_core.training.schedule import Schedule, muon_momentum
+
+
+def test_orthogonalize_pushes_singular_values_towards_one():
+    torch.manual_seed(0)
+    matrix = torch.randn(64, 16) @ torch.diag(torch.logspace(-1, 1, 16))  # condition number ~100+
+    singular = torch.linalg.svdvals(orthogonalize(matrix, steps=5).float())
+    assert singular.min() > 0.4 and singular.max() < 1.25  # the quintic iteration aims at a band around 1
+    assert orthogonalize(matrix).shape == (64, 16)
+
+
+def test_muon_step_with_nesterov_and_weight_decay():
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(8, 4))
+    before = weight.detach().clone()
+    weight.grad = torch.randn(8, 4)
+    optimizer = Muon([weight], lr=0.1, momentum=0.9, weight_decay=0.5)
+    optimizer.step()
+    buffer = optimizer.state[weight]["momentum_buffer"]
+    torch.testing.assert_close(buffer, weight.grad)
+    expected_update = orthogonalize(weight.grad + 0.9 * buffer).float() * (8 / 4) ** 0.5
+    # The update is computed in bf16, so compare at bf16 resolution.
+    torch.testing.assert_close(weight.detach(), before * (1 - 0.1 * 0.5) - 0.1 * expected_update, atol=2e-3, rtol=1e-2)
+
+
+def test_every_parameter_is_in_exactly_one_group():
+    model = GPT(ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1, seq_len=8, rank=4, tie_embeddings=False))
+    groups = split_parameters(model)
+    ids = [id(p) for group in groups.values() for p in group]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert len(groups["matrix"]) == 2 * 6 * 2  # U and V of 6 projections in 2 blocks
+    assert all(p.ndim == 2 for p in groups["matrix"])
+    optimizers = build_optimizers(model, TrainConfig(max_steps=1))
+    assert isinstance(optimizers[0], Muon)
+    assert {group["name"] for group in optimizers[1].param_groups} == {"embed", "scalar", "head"}
+
+
+def test_schedule_warmup_flat_warmdown_by_steps():
+    schedule = Schedule(warmup_steps=4, warmdown_frac=0.5, max_steps=100, max_seconds=None)
+    assert [schedule.lr_scale(s, 0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert schedule.lr_scale(40, 0) == 1.0
+    assert schedule.lr_scale(75, 0) == pytest.approx(0.5)
+    assert schedule.lr_scale(99, 0) == pytest.approx(0.02)
+    assert schedule.finished(99, 0) is None and schedule.finished(100, 0) == "max_steps"
+
+
+def test_schedule_by_wallclock_and_whichever_ends_first():
+    schedule = Schedule(warmup_steps=0, warmdown_frac=0.2, max_steps=None, max_seconds=60.0)
+    assert schedule.lr_scale(10, 30.0) == 1.0
+    assert schedule.lr_scale(10, 54.0) == pytest.approx(0.5)
+    assert schedule.finished(10**6, 59.0) is None and schedule.finished(1, 60.0) == "max_minutes"
+    both = Schedule(warmup_steps=0, warmdown_frac=0.5, max_steps=10, max_seconds=60.0)
+    assert both.progress(5, 45.0) == 0.75 and both.finished(10, 1.0) == "max_steps"
+
+
+def test_muon_momentum_warmup():
+    assert muon_momentum(0, 0.85, 0.95, 100) == 0.85
+    assert muon_momentum(50, 0.85, 0.95, 100) == pytest.approx(0.90)
+    assert muon_momentum(500, 0.85, 0.95, 100) == 0.95
