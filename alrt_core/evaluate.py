@@ -16,6 +16,7 @@ import torch
 
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.model.gpt import GPT
+from alrt_core.precision import autocast_context
 from alrt_core.training.distributed import DistributedContext
 
 
@@ -28,23 +29,6 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def autocast_context(device: torch.device, enabled: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA and on CPUs with AMX tiles; on plain AVX-512 CPUs fp32 matmuls are faster."""
-    if device.type == "cuda":
-        return True
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(amx()) if amx is not None else False
-
-
-def resolve_autocast(mode: str, device: torch.device) -> bool:
-    """Whether to run under bf16 autocast for train.autocast = auto | bf16 | off."""
-    return mode == "bf16" or (mode == "auto" and bf16_is_fast(device))
 
 
 def bits_per_byte(nll_sum: float, byte_count: int) -> float:

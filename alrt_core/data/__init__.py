@@ -1,0 +1,1 @@
+"""Data: documents, the embedded corpus, the tokenizer and its byte accounting, shards, dataset preparation."""

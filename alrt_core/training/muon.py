@@ -11,14 +11,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from alrt_core.precision import bf16_is_fast
+
 # Quintic Newton–Schulz coefficients tuned for fast convergence of singular values towards 1 (Jordan et al.).
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximately U·Vᵀ of the SVD of `matrix`, computed in bf16."""
+    """Approximately U·Vᵀ of the SVD of `matrix`: in bf16 where that is fast (CUDA, AMX), else in fp32."""
     a, b, c = NS_COEFFICIENTS
-    x = matrix.bfloat16()
+    x = matrix.bfloat16() if bf16_is_fast(matrix.device.type) else matrix.float()
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T

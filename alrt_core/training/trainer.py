@@ -26,9 +26,10 @@ from alrt_core.data.prepare import DatasetInfo, default_cache_dir, resolve_datas
 from alrt_core.data.shards import read_shard
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
-from alrt_core.evaluate import EvalResult, autocast_context, evaluate, resolve_autocast
+from alrt_core.evaluate import EvalResult, evaluate
 from alrt_core.fileio import atomic_write_text
 from alrt_core.model.gpt import GPT, uniform_baseline_nats
+from alrt_core.precision import autocast_context, resolve_autocast
 from alrt_core.training.batches import TrainBatches
 from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
 from alrt_core.training.distributed import DistributedContext, init_distributed

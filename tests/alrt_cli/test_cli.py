@@ -1,0 +1,91 @@
+"""The `alrt` command as a user runs it: help, errors (one line, exit 2), a tiny training run, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from alrt_core.training.events import read_events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alrt(*args: str, env_extra: dict[str, str] | None = None, module: str = "alrt_cli") -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_help_lists_command_groups():
+    result = alrt("--help")
+    assert result.returncode == 0
+    assert "data" in result.stdout and "train" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "/nonexistent/corpus.txt", "--max-steps", "1"], "/nonexistent/corpus.txt"),
+        (["train", "--preset", "huge"], "unknown preset 'huge'"),
+        (["train", "--preset", "tiny", "--set", "model.depth=3"], "unknown config key 'model.depth'"),
+        (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
+        (["data", "prepare", "/nonexistent.txt", "--out", "x"], "/nonexistent.txt"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2_without_traceback(args, message, tmp_path):
+    result = alrt(*args, env_extra={"ALRT_CACHE": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint")
+    result = alrt("train", "--resume", str(bad))
+    assert result.returncode == 2 and "not a readable ALRT checkpoint" in result.stderr
+
+
+def test_prepare_then_train_then_resume_from_the_command_line(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    from alrt_core.data.corpus import load_shakespeare
+
+    corpus.write_text("\n\n".join(doc.text[:20_000] for doc in load_shakespeare()[:6]), encoding="utf-8")
+    val = tmp_path / "val.txt"
+    val.write_text(load_shakespeare()[7].text[:8_000], encoding="utf-8")
+    prepared = alrt("data", "prepare", str(corpus), "--out", str(tmp_path / "data"), "--vocab-size", "384",
+                    "--val-input", str(val), "--json")
+    assert prepared.returncode == 0, prepared.stderr
+    summary = json.loads(prepared.stdout)
+    assert summary["vocab_size"] == 384
+    run = tmp_path / "run"
+    trained = alrt("train", "--data", str(tmp_path / "data"), "--preset", "tiny", "--max-steps", "6",
+                   "--eval-every", "3", "--out-dir", str(run))
+    assert trained.returncode == 0, trained.stderr
+    assert "eval step 3" in trained.stdout and "done (max_steps) after 6 steps" in trained.stdout
+    resumed = alrt("train", "--resume", str(run / "last.pt"), "--max-steps", "9")
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [e["step"] for e in read_events(run / "train.jsonl") if e["event"] == "train_step"]
+    assert steps == list(range(1, 10))
+
+
+def test_torchrun_two_gloo_processes_match_one_process(small_dataset, tmp_path):
+    common = ["train", "--data", str(small_dataset.root), "--preset", "tiny", "--max-steps", "5", "--eval-every", "5",
+              "--set", "model.rank=6"]
+    single = alrt(*common, "--out-dir", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    launcher = ["--nproc_per_node=2", "--master_port=29531", "-m", "alrt_cli"]
+    ddp = alrt(*launcher, *common, "--out-dir", str(tmp_path / "ddp"), module="torch.distributed.run")
+    assert ddp.returncode == 0, ddp.stderr
+    one = [e for e in read_events(tmp_path / "single" / "train.jsonl") if e["event"] in ("train_step", "eval")]
+    two = [e for e in read_events(tmp_path / "ddp" / "train.jsonl") if e["event"] in ("train_step", "eval")]
+    assert [e["step"] for e in one] == [e["step"] for e in two]
+    start = read_events(tmp_path / "ddp" / "train.jsonl")[0]
+    assert start["world_size"] == 2
+    for a, b in zip(one, two):
+        key = "loss" if a["event"] == "train_step" else "val_bpb"
+        assert b[key] == pytest.approx(a[key], rel=2e-3), (a["step"], key)

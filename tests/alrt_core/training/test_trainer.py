@@ -1,0 +1,103 @@
+"""The trainer end to end on a small corpus: run files, events, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alrt_core.config import RunConfig, apply_overrides, preset
+from alrt_core.errors import UserError
+from alrt_core.training.checkpoint import load_checkpoint
+from alrt_core.training.events import read_events
+from alrt_core.training.trainer import Trainer
+
+
+def tiny_config(data_root: Path, *overrides: str) -> RunConfig:
+    config = preset("tiny")
+    config.data.path = str(data_root)
+    config.train.max_steps, config.train.eval_every, config.train.eval_tokens = 8, 4, None
+    return apply_overrides(config, list(overrides))
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_events(run_dir / "train.jsonl") if e["event"] == "train_step"}
+
+
+def test_run_directory_events_and_checkpoints(small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    result = Trainer(tiny_config(small_dataset.root), run_dir, progress=False).run()
+    assert result.steps == 8 and result.stop_reason == "max_steps"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "train.jsonl", "last.pt", "best.pt", "tokenizer.model"}
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == 384 and saved["train"]["max_steps"] == 8
+    events = read_events(run_dir / "train.jsonl")
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    assert kinds.count("train_step") == 8 and kinds.count("eval") == 2
+    assert all({"event", "step", "time"} <= e.keys() for e in events)
+    start = events[0]
+    assert start["vocab_size"] == 384 and start["params"] > 0
+    assert start["uniform_loss"] == pytest.approx(torch.log(torch.tensor(384.0)).item())
+    last = load_checkpoint(run_dir / "last.pt")  # weights_only=True inside
+    assert last["step"] == 8 and set(last["ranks"].values()) == {None}
+    assert last["val"]["bpb"] == pytest.approx(result.final.bpb)
+    evals = [e for e in events if e["event"] == "eval"]
+    assert result.best_val_bpb == min(e["val_bpb"] for e in evals)
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted_run(small_dataset, tmp_path):
+    config = tiny_config(small_dataset.root, "model.rank=6", "train.ema_decay=0.9", "train.grad_clip=1.0")
+    straight = tmp_path / "straight"
+    Trainer(RunConfig.from_dict(config.to_dict()), straight, progress=False).run()
+
+    interrupted = tmp_path / "interrupted"
+    trainer = Trainer(RunConfig.from_dict(config.to_dict()), interrupted, progress=False)
+    trainer.listeners.append(lambda e: trainer.request_stop("test") if e["event"] == "eval" and e["step"] == 4 else None)
+    first = trainer.run()
+    assert first.steps == 4 and first.stop_reason == "test"
+    resumed = Trainer(None, resume=interrupted / "last.pt", progress=False).run()
+    assert resumed.steps == 8
+    assert step_losses(interrupted) == step_losses(straight)  # bitwise: same batches, weights, optimizer state, EMA
+    assert resumed.final.bpb == load_checkpoint(straight / "last.pt")["val"]["bpb"]
+
+
+def test_resume_with_another_model_config_is_refused(small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_config(small_dataset.root, "train.max_steps=4"), run_dir, progress=False).run()
+    other = tiny_config(small_dataset.root, "model.num_layers=3")
+    with pytest.raises(UserError, match="resume file is from another config: model.num_layers is 2"):
+        Trainer(other, resume=run_dir / "last.pt", progress=False)
+    longer = Trainer(None, resume=run_dir / "last.pt", resume_changes={"train.max_steps": 6}, progress=False).run()
+    assert longer.steps == 6
+
+
+def test_vocab_mismatch_is_a_user_error(small_dataset, tmp_path):
+    with pytest.raises(UserError, match="model.vocab_size=500 does not match the tokenizer's vocabulary of 384"):
+        Trainer(tiny_config(small_dataset.root, "model.vocab_size=500"), tmp_path / "run", progress=False).run()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = Trainer(tiny_config(small_dataset.root, "train.eval_every=2"), run_dir, progress=False)
+
+    def poison(event):
+        if event["event"] == "train_step" and event["step"] == 3:
+            with torch.no_grad():
+                trainer.model.embed.weight.fill_(float("nan"))
+
+    trainer.listeners.append(poison)
+    with pytest.raises(UserError, match=r"loss became nan at step 4; training stopped \(last good checkpoint: .*last.pt\)"):
+        trainer.run()
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2
+    assert read_events(run_dir / "train.jsonl")[-1]["event"] == "error"
+
+
+def test_factorised_training_reduces_loss(small_dataset, tmp_path):
+    config = tiny_config(small_dataset.root, "model.rank=8", "train.max_steps=30", "train.eval_every=30")
+    result = Trainer(config, tmp_path / "run", progress=False).run()
+    losses = step_losses(tmp_path / "run")
+    assert sum(list(losses.values())[-5:]) / 5 < losses[1] - 0.5
+    assert result.final.bpb < 5.0
