@@ -41,7 +41,9 @@ class TrainConsole:
             handler(event)
 
     def _print(self, text: str) -> None:
-        (self.progress.console if self.progress else self.console).print(text)
+        console = self.progress.console if self.progress else self.console
+        console.print(text)
+        console.file.flush()  # piped output (tee, CI logs) should show each line as it happens
 
     def _on_run_start(self, e: dict[str, Any]) -> None:
         self.log_every = e["log_every"]

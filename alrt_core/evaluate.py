@@ -48,29 +48,39 @@ def evaluate(
     max_tokens: int | None = None,
     dist_ctx: DistributedContext | None = None,
 ) -> EvalResult:
-    """Score `tokens` (a BOS-separated stream) in windows of `seq_len`; the first token is context only."""
+    """Score every token of `tokens` (a BOS-separated stream) once, in windows of `seq_len`.
+
+    The first token is context only. Windows do not overlap; a shorter last window scores the remainder, so no
+    validation token is dropped.
+    """
     usable = tokens.shape[0] - 1
     if max_tokens is not None:
         usable = min(usable, max_tokens)
-    windows = usable // seq_len
-    if windows == 0:
-        raise ValueError(f"validation data has fewer than {seq_len + 1} tokens")
+    if usable < 1:
+        raise ValueError("validation data needs at least two tokens")
+    windows = -(-usable // seq_len)
     rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
     first, last = windows * rank // world, windows * (rank + 1) // world
     sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
     was_training = model.training
     model.eval()
     try:
-        for start in range(first, last, batch_sequences):
-            stop = min(start + batch_sequences, last)
-            chunk = np.asarray(tokens[start * seq_len : stop * seq_len + 1], dtype=np.int64)
-            inputs = torch.from_numpy(chunk[:-1].reshape(-1, seq_len))
-            targets = torch.from_numpy(chunk[1:].reshape(-1, seq_len))
+        start = first
+        while start < last:
+            # Full windows go in batches; the final partial window (if any) runs alone with its own length.
+            full_end = min(start + batch_sequences, last, usable // seq_len)
+            stop = full_end if full_end > start else start + 1
+            begin, end = start * seq_len, min(stop * seq_len, usable)
+            chunk = np.asarray(tokens[begin : end + 1], dtype=np.int64)
+            length = min(seq_len, end - begin)
+            inputs = torch.from_numpy(chunk[:-1].reshape(-1, length))
+            targets = torch.from_numpy(chunk[1:].reshape(-1, length))
             with autocast_context(device, autocast):
                 nll = model(inputs.to(device), targets.to(device), reduction="sum")
             sums[0] += float(nll)
             sums[1] += targets.numel()
             sums[2] += int(tokenizer.count_bytes(chunk[:-1], chunk[1:]))
+            start = stop
     finally:
         model.train(was_training)
     if dist_ctx is not None and dist_ctx.enabled:

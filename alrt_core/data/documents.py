@@ -1,7 +1,8 @@
-"""Reading user inputs into documents: .txt files, .jsonl files with a `text` field, or folders of them.
+"""Reading user inputs into documents, and holding out whole documents for validation.
 
-Non-UTF-8 input is an error that names the file and the byte offset of the first bad byte: silently replacing
-bytes would change the text the bpb is counted on.
+Inputs are `.txt` files (one document each), `.jsonl` files (one document per line, a string field `text`, an
+optional string `title`), or folders searched recursively for both. Non-UTF-8 input is an error naming the file
+and the byte offset of the first bad byte: silently replacing bytes would change the text bpb is counted on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from alrt_core.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
+UTF8_BOM = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -23,59 +25,83 @@ class Document:
     text: str
 
 
-def _decode(path: Path, data: bytes) -> str:
+def _decode_utf8(path: Path, data: bytes) -> str:
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not valid UTF-8 at byte {error.start}") from None
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{path}: not valid UTF-8 at byte {error.start} (line {line})") from None
+    # A byte-order mark is an encoding marker some editors add, not part of the text.
+    return text.removeprefix(UTF8_BOM)
 
 
 def _read_jsonl(path: Path) -> list[Document]:
     documents = []
-    for number, line in enumerate(_decode(path, path.read_bytes()).splitlines(), start=1):
+    # Split on "\n" only: str.splitlines would also break on U+2028 and friends, which JSON strings may hold raw.
+    for number, line in enumerate(_decode_utf8(path, path.read_bytes()).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}:{number}: not a JSON object") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{number}: expected a JSON object with a 'text' field")
+        if not isinstance(record.get("text"), str):
             raise UserError(f"{path}:{number}: JSON line has no string field 'text'")
-        documents.append(Document(title=str(record.get("title", f"{path.name}:{number}")), text=record["text"]))
+        title = record.get("title")
+        title = title if isinstance(title, str) else f"{path.name}:{number}"
+        documents.append(Document(title=title, text=record["text"]))
     return documents
 
 
-def _files(path: Path) -> list[Path]:
+def _is_hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def input_files(path: Path) -> list[Path]:
+    """The text files an input stands for: itself, or the .txt/.jsonl files under a folder (sorted, hidden skipped)."""
+    path = Path(path)
     if not path.exists():
         raise UserError(f"input not found: {path}")
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    if path.suffix not in TEXT_SUFFIXES:
+        return sorted(
+            file for file in path.rglob("*")
+            if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES and not _is_hidden(file, path)
+        )
+    if path.suffix.lower() not in TEXT_SUFFIXES:
         raise UserError(f"{path}: unsupported input (expected .txt, .jsonl or a folder of them)")
     return [path]
 
 
 def read_documents(paths: list[Path]) -> list[Document]:
-    """Every non-empty document of the inputs, in a deterministic order."""
+    """Every non-empty document of the inputs, in a deterministic order (inputs as given, folders sorted)."""
     documents: list[Document] = []
     for path in paths:
-        for file in _files(Path(path)):
-            if file.suffix == ".jsonl":
+        for file in input_files(Path(path)):
+            if file.suffix.lower() == ".jsonl":
                 documents.extend(_read_jsonl(file))
             else:
-                documents.append(Document(title=file.name, text=_decode(file, file.read_bytes())))
+                documents.append(Document(title=file.name, text=_decode_utf8(file, file.read_bytes())))
+    # Whitespace-only documents carry nothing to learn and would only add BOS tokens.
     documents = [doc for doc in documents if doc.text.strip()]
     if not documents:
-        raise UserError(f"no non-empty documents in {', '.join(str(p) for p in paths)}")
+        raise UserError(f"no non-empty documents in {', '.join(str(p) for p in paths) or 'the inputs'}")
     return documents
 
 
 def split_documents(documents: list[Document], val_fraction: float, seed: int) -> tuple[list[Document], list[Document]]:
-    """Hold out whole documents (never lines) for validation, chosen by a seeded shuffle."""
-    if len(documents) < 2:
-        raise UserError("need at least two documents to split train/validation; give validation text with --val-input")
+    """Hold out whole documents (never lines) for validation, chosen by a seeded shuffle; order is kept in each part.
+
+    With two or more documents both parts get at least one. The split is by position, so documents with equal
+    titles or texts are still never on both sides.
+    """
     if not 0.0 < val_fraction < 1.0:
-        raise UserError(f"validation fraction must be in (0, 1), got {val_fraction}")
+        raise UserError(f"validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if len(documents) < 2:
+        raise UserError(
+            "only one document: cannot hold out a validation document; give validation text with --val-input"
+        )
     order = np.random.default_rng(seed).permutation(len(documents))
     count = min(len(documents) - 1, max(1, round(val_fraction * len(documents))))
     held_out = set(order[:count].tolist())

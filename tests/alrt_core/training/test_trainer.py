@@ -101,3 +101,29 @@ def test_factorised_training_reduces_loss(small_dataset, tmp_path):
     losses = step_losses(tmp_path / "run")
     assert sum(list(losses.values())[-5:]) / 5 < losses[1] - 0.5
     assert result.final.bpb < 5.0
+
+
+def test_golf_preset_builds_and_runs_a_step_on_cpu(small_dataset, tmp_path):
+    config = preset("golf")
+    config.data.path = str(small_dataset.root)
+    # One 2048-token sequence per step and a short eval keep this to seconds; the shapes are the preset's.
+    config = apply_overrides(config, ["train.batch_tokens=2048", "train.micro_batch_tokens=2048", "train.max_steps=1",
+                                      "train.max_minutes=none", "train.compile=false", "train.eval_tokens=2048"])
+    trainer = Trainer(config, tmp_path / "golf", progress=False)
+    result = trainer.run()
+    assert result.steps == 1
+    model = trainer.model
+    assert len(model.blocks) == 11 and model.config.model_dim == 512 and model.config.seq_len == 2048
+    # 11 blocks x (q,o 512x512 + k,v 256x512 + up,down 1536x512) + vocab 384 x 512 tied embedding + small vectors
+    matrices = 11 * (2 * 512 * 512 + 2 * 256 * 512 + 2 * 1536 * 512)
+    assert matrices + 384 * 512 < model.num_parameters() < matrices + 384 * 512 + 50_000
+
+
+def test_early_stopping_after_patience_evals_without_improvement(small_dataset, tmp_path):
+    # With every learning rate at zero the model never changes, so only the first eval is an improvement.
+    config = tiny_config(small_dataset.root, "train.max_steps=20", "train.eval_every=2", "train.early_stop_patience=2",
+                         "train.matrix_lr=0", "train.embed_lr=0", "train.scalar_lr=0")
+    result = Trainer(config, tmp_path / "run", progress=False).run()
+    assert result.stop_reason == "early_stop" and result.steps == 6
+    evals = [e for e in read_events(tmp_path / "run" / "train.jsonl") if e["event"] == "eval"]
+    assert [e["improved"] for e in evals] == [True, False, False]

@@ -1,0 +1,68 @@
+"""Resizing a factorised layer in place while training, with its optimizer state carried into the new basis.
+
+The layer gets new Parameter objects of the new shapes (autograd caches a leaf's shape, so swapping `.data` is
+not enough); each optimizer's param groups are pointed at them and every per-parameter state tensor is projected
+with the resize's maps (`project`) or restarted at zero (`reset`, the older behaviour kept for comparison).
+Wrappers that cache parameters or shapes (DDP buckets, compiled graphs, EMA) must be rebuilt by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.spectral import Resize, grow, truncated_svd
+
+RESIZE_METHODS = ("svd", "truncate")
+STATE_POLICIES = ("project", "reset")
+
+
+def _truncate(u: torch.Tensor, v: torch.Tensor, rank: int) -> Resize:
+    """Keep the first `rank` components as they are (no re-orthogonalisation)."""
+    eye = torch.eye(u.shape[1], rank, dtype=u.dtype, device=u.device)
+    return Resize(u[:, :rank].clone(), v[:rank].clone(), a=eye, b=eye.T)
+
+
+@torch.no_grad()
+def resize_layer(
+    layer: FactorizedLinear,
+    new_rank: int,
+    optimizers: list[torch.optim.Optimizer],
+    *,
+    method: str = "svd",
+    on_resize: str = "project",
+    generator: torch.Generator | None = None,
+) -> None:
+    """Change `layer` to `new_rank` (shrink by SVD or truncation, grow with function-preserving components)."""
+    if not layer.is_factorized:
+        raise ValueError("only factorised layers can be resized")
+    if method not in RESIZE_METHODS or on_resize not in STATE_POLICIES:
+        raise ValueError(f"method must be one of {RESIZE_METHODS}, on_resize one of {STATE_POLICIES}")
+    if not 1 <= new_rank <= layer.max_rank:
+        raise ValueError(f"rank {new_rank} outside [1, {layer.max_rank}]")
+    u_param, v_param = layer.U, layer.V
+    assert u_param is not None and v_param is not None
+    old_rank = u_param.shape[1]
+    if new_rank == old_rank:
+        return
+    if new_rank > old_rank:
+        resize = grow(u_param.data, v_param.data, new_rank - old_rank, generator=generator)
+    elif method == "svd":
+        resize, _ = truncated_svd(u_param.data, v_param.data, new_rank)
+    else:
+        resize = _truncate(u_param.data, v_param.data, new_rank)
+    new_u = torch.nn.Parameter(resize.u.to(u_param.dtype).contiguous())
+    new_v = torch.nn.Parameter(resize.v.to(v_param.dtype).contiguous())
+    layer.U, layer.V = new_u, new_v
+    for optimizer in optimizers:
+        for old, new, project in ((u_param, new_u, resize.project_u_state), (v_param, new_v, resize.project_v_state)):
+            for group in optimizer.param_groups:
+                group["params"] = [new if p is old else p for p in group["params"]]
+            state = optimizer.state.pop(old, None)
+            if not state:
+                continue
+            for key, value in list(state.items()):
+                if torch.is_tensor(value) and value.dim() == 2:
+                    state[key] = project(value).contiguous() if on_resize == "project" else torch.zeros_like(new)
+                # step counters and scalars carry over unchanged
+            optimizer.state[new] = state

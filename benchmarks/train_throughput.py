@@ -1,0 +1,249 @@
+"""Training throughput of ALRT's model + optimizers against Hugging Face Llama of equal size, in one process.
+
+All sides train on the same random batch with the same batch size and sequence length. Measurements are
+interleaved round by round (the order rotating each round) so that the machine's noise hits every side alike;
+per side the median step time over rounds is reported with its min-max spread, and each ratio is also taken per
+round (paired) before its median. Model FLOP utilisation is computed against matmul peaks measured in this run.
+
+    python benchmarks/train_throughput.py                 # rich table, JSON to benchmarks/results/
+    python benchmarks/train_throughput.py --json          # one JSON object on stdout
+    python benchmarks/train_throughput.py --profile       # also the top ops of our step (torch.profiler)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from alrt_core.config import TrainConfig, preset  # noqa: E402
+from alrt_core.fileio import atomic_write_text  # noqa: E402
+from alrt_core.model.gpt import GPT  # noqa: E402
+from alrt_core.precision import autocast_context, resolve_autocast  # noqa: E402
+from alrt_core.training.optimizers import build_optimizers  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
+VOCAB = 1024
+CPU = torch.device("cpu")
+FLOPS_FORMULA = "6*N_matmul + 12*L*T*d per token (fwd+bwd; attention scores+values, causal mask not discounted)"
+
+Step = Callable[[], None]
+
+
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 3072), repeats: int = 3) -> float:
+    """Best-of-N FLOP/s of square matmuls: the ceiling the models' matmuls could reach at this precision."""
+    best = 0.0
+    for size in sizes:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        a @ b  # first call: oneDNN/MKL kernel selection and page faults
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def build_reference(ours: GPT, seq_len: int) -> nn.Module:
+    """LlamaForCausalLM of our shape; its (gated, 3-matrix) MLP width is solved so the parameter counts match."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    m = ours.config
+
+    def make(intermediate: int) -> nn.Module:
+        config = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=m.model_dim, intermediate_size=intermediate, num_hidden_layers=m.num_layers,
+            num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads, max_position_embeddings=seq_len,
+            tie_word_embeddings=True, attn_implementation="sdpa", use_cache=False,
+        )
+        return LlamaForCausalLM(config)
+
+    per_unit = m.num_layers * 3 * m.model_dim  # parameters added per unit of intermediate_size
+    base = make(1).num_parameters() - per_unit
+    return make(max(1, round((ours.num_parameters() - base) / per_unit))).train()
+
+
+def matmul_params_ours(model: GPT) -> int:
+    """Projection weights (dense or both factors) plus the head; the tied embedding is a matmul only as the head."""
+    head = model.head.weight if model.head is not None else model.embed.weight
+    return sum(p.numel() for layer in model.projections().values() for p in layer.parameters()) + head.numel()
+
+
+def matmul_params_reference(model: nn.Module) -> int:
+    """Unique nn.Linear weights: lm_head is tied to the embedding, which counts once, as the head."""
+    weights = {id(mod.weight): mod.weight.numel() for mod in model.modules() if isinstance(mod, nn.Linear)}
+    return sum(weights.values())
+
+
+def make_step(loss_fn: Callable[[], Tensor], optimizers: list[torch.optim.Optimizer], bf16: bool) -> Step:
+    def step() -> None:
+        with autocast_context(CPU, bf16):
+            loss = loss_fn()
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def profile_step(step: Step, steps: int = 2, top: int = 8) -> list[dict[str, Any]]:
+    """Top ops of `steps` steps by self CPU time: where our step actually spends its time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [
+        {"op": e.key, "self_cpu_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+         "share": e.self_cpu_time_total / total, "calls_per_step": e.count // steps}
+        for e in events[:top]
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--batch-tokens", type=int, default=4096, help="tokens per optimizer step (rounded to rows)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's model.seq_len")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps-per-round", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="discarded steps per side (allocator, optimizer state)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--profile", action="store_true", help="profile our step and report its top 8 ops")
+    parser.add_argument("--json", action="store_true", help="print only one JSON object")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    config = preset(args.preset)
+    config.model.vocab_size = VOCAB
+    if args.seq_len:
+        config.model.seq_len = args.seq_len
+    m, seq_len = config.model, config.model.seq_len
+    rows_per_batch = max(1, args.batch_tokens // seq_len)
+    data = torch.randint(0, VOCAB, (rows_per_batch, seq_len + 1))
+    inputs, targets = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    tokens = inputs.numel()
+
+    ours = GPT(m).train()
+    ours_bf16 = resolve_autocast("auto", CPU)  # what `alrt train` would use here
+    ours_step = make_step(lambda: ours(inputs, targets), build_optimizers(ours, TrainConfig(max_steps=1)), ours_bf16)
+    reference = build_reference(ours, seq_len)
+    # Two copies, so each precision row trains its own weights with its own AdamW state.
+    references = {"bf16": reference, "fp32": copy.deepcopy(reference)}
+
+    def reference_loss(model: nn.Module) -> Callable[[], Tensor]:
+        # Same targets and token count as ours (HF's `labels=` path would shift and drop one position per row);
+        # the fp32 upcast of the logits is what HF's own loss does too.
+        return lambda: F.cross_entropy(model(input_ids=inputs).logits.float().flatten(0, 1), targets.flatten())
+
+    steps: dict[str, Step] = {"alrt": ours_step}
+    precision = {"alrt": "bf16" if ours_bf16 else "fp32"}
+    for prec, model in references.items():
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        steps[f"hf-llama {prec}"] = make_step(reference_loss(model), [optimizer], prec == "bf16")
+        precision[f"hf-llama {prec}"] = prec
+
+    peaks = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        # Rotate the order so no side always runs right after the same neighbour (caches, thermal, noise bursts).
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            start = time.perf_counter()
+            for _ in range(args.steps_per_round):
+                steps[name]()
+            times[name].append((time.perf_counter() - start) / args.steps_per_round)
+
+    attention = 12 * m.num_layers * seq_len * m.model_dim
+    flops = {name: 6 * matmul_params_reference(reference) + attention for name in names}
+    flops["alrt"] = 6 * matmul_params_ours(ours) + attention
+    rows = []
+    for name in names:
+        median = statistics.median(times[name])
+        rate = tokens / median
+        rows.append({
+            "side": name, "precision": precision[name], "tokens_per_s": rate, "step_s_median": median,
+            "step_s_min": min(times[name]), "step_s_max": max(times[name]), "flops_per_token": flops[name],
+            "mfu": rate * flops[name] / peaks[precision[name]],
+        })
+
+    def ratio(other: str) -> dict[str, float]:
+        paired = [b / a for a, b in zip(times["alrt"], times[other], strict=True)]  # per round: ours tok/s ÷ theirs
+        return {"of_medians": statistics.median(times[other]) / statistics.median(times["alrt"]),
+                "paired_median": statistics.median(paired), "paired_min": min(paired), "paired_max": max(paired)}
+
+    result: dict[str, Any] = {
+        "preset": args.preset, "params_alrt": ours.num_parameters(), "params_reference": reference.num_parameters(),
+        "reference_intermediate_size": reference.config.intermediate_size,
+        "batch_tokens": tokens, "seq_len": seq_len, "threads": torch.get_num_threads(), "rounds": args.rounds,
+        "steps_per_round": args.steps_per_round, "warmup": args.warmup, "flops_formula": FLOPS_FORMULA,
+        "matmul_peak_flops": peaks, "rows": rows,
+        "ratio_vs_hf_bf16": ratio("hf-llama bf16"),
+        "ratio_vs_hf_same_precision": ratio(f"hf-llama {precision['alrt']}"),
+        "step_times_s": times, "torch": torch.__version__,
+    }
+    if args.profile:
+        result["profile_alrt"] = profile_step(ours_step)
+    atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+        return
+    report(result)
+
+
+def report(result: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"training throughput: {result['preset']} shape, {result['batch_tokens']} tokens/step, "
+                        f"seq {result['seq_len']}, {result['threads']} threads, {result['rounds']} rounds")
+    for column in ("side", "precision", "tok/s (median)", "step ms: median [min-max]", "GFLOP/token", "MFU"):
+        table.add_column(column, justify="left" if column in ("side", "precision") else "right")
+    for row in result["rows"]:
+        table.add_row(
+            row["side"], row["precision"], f"{row['tokens_per_s']:,.0f}",
+            f"{row['step_s_median'] * 1e3:,.0f} [{row['step_s_min'] * 1e3:,.0f}-{row['step_s_max'] * 1e3:,.0f}]",
+            f"{row['flops_per_token'] / 1e9:.4f}", f"{row['mfu']:.1%}",
+        )
+    console.print(table)
+    peaks = result["matmul_peak_flops"]
+    console.print(
+        f"params: alrt {result['params_alrt']:,}, hf-llama {result['params_reference']:,} "
+        f"(intermediate_size {result['reference_intermediate_size']}); matmul peak bf16 {peaks['bf16'] / 1e9:.0f}, "
+        f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s; FLOPs: {result['flops_formula']}"
+    )
+    for label, key in (("vs hf-llama bf16", "ratio_vs_hf_bf16"), ("vs hf-llama same precision", "ratio_vs_hf_same_precision")):
+        r = result[key]
+        console.print(f"alrt/{label}: {r['of_medians']:.2f}x (ratio of medians), paired per round "
+                      f"{r['paired_median']:.2f}x [{r['paired_min']:.2f}-{r['paired_max']:.2f}]")
+    if "profile_alrt" in result:
+        ops = Table(title="alrt step: top ops by self CPU time")
+        for column in ("op", "ms/step", "share", "calls/step"):
+            ops.add_column(column, justify="left" if column == "op" else "right")
+        for op in result["profile_alrt"]:
+            ops.add_row(op["op"], f"{op['self_cpu_ms_per_step']:.1f}", f"{op['share']:.1%}", str(op["calls_per_step"]))
+        console.print(ops)
+    console.print(f"JSON: {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
