@@ -140,6 +140,9 @@ class Trainer:
         self.best_bpb, self.evals_without_improvement = math.inf, 0
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
+        if train.compile:
+            # Where inductor cannot build (no C++ compiler, unsupported op), run those parts eagerly, not fail.
+            torch._dynamo.config.suppress_errors = True
         forward_model: torch.nn.Module = torch.compile(self.model) if train.compile else self.model
         if ctx.enabled:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
