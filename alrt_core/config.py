@@ -164,7 +164,11 @@ def _preset_cpu() -> RunConfig:
         model=ModelConfig(num_layers=4, model_dim=256, num_heads=4, num_kv_heads=2, mlp_mult=4.0, seq_len=256),
         # torch.compile fuses the element-wise work (norms, RoPE, activation, softcap): 1.6x the eager tokens/s
         # here for ~35 s of compilation, which the 10-minute budget includes.
-        train=TrainConfig(batch_tokens=4096, max_minutes=10.0, warmup_steps=10, eval_every=250, log_every=25, compile=True),
+        # A long warmdown (60% of the run) gave 1.992 vs 1.994 bpb in 17% fewer steps than the 40% default.
+        train=TrainConfig(
+            batch_tokens=4096, max_minutes=10.0, warmup_steps=10, warmdown_frac=0.6, eval_every=250, log_every=25,
+            compile=True,
+        ),
     )
 
 

@@ -206,7 +206,7 @@ class Trainer:
             "run_start", self.step,
             run_dir=str(self.run_dir), resumed_from=str(self.resume_path) if self.resume_path else None,
             preset=config.preset, device=str(self.ctx.device), world_size=self.ctx.world_size,
-            precision="bf16 autocast" if self.autocast else "fp32",
+            precision="bf16 autocast" if self.autocast else "fp32", compiled=config.train.compile,
             params=params, vocab_size=vocab, layer_ranks=self.model.layer_ranks(),
             train_tokens=self.batches.total_tokens, tokens_per_epoch=self.batches.tokens_per_epoch,
             val_tokens=val_scored, val_bytes=val_bytes, planned_tokens=planned,

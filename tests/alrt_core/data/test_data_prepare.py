@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_corpus import synthetic_text
 
 import alrt_core.data.prepare as prepare_module
 from alrt_core.data.documents import Document
@@ -16,27 +16,18 @@ from alrt_core.data.shards import list_shards, read_shard, write_shard
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 
-WORDS = ["the", "and", "sweet", "night", "love", "lord", "king", "thou", "art", "hast", "good", "fair", "shall"]
 TRICKY = [
     "  Leading spaces, trailing ones   \nCaf\u00e9 \u2014 na\u00efve and \u65e5\u672c\u8a9e \U0001f3ad\n\n\n",
     "tabs\t\tand CRLF\r\nand    runs of     spaces\n\tindented",
 ]
 
 
-def synthetic_text(seed: int, lines: int = 60) -> str:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(lines):
-        indent = rng.choice(["", "", "", "    ", "\t", "  "])
-        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 9))]
-        out.append(indent + rng.choice([" ", " ", " ", "  "]).join(words) + rng.choice([".", ",", "", "!"]))
-    return "\n".join(out) + rng.choice(["\n", "\n\n", ""])
 
 
 def write_corpus(folder: Path, count: int = 8, seed: int = 0) -> list[str]:
     """`count` synthetic .txt files plus a .jsonl of the tricky texts; returns every document text."""
     folder.mkdir(parents=True, exist_ok=True)
-    texts = [synthetic_text(seed * 100 + i) for i in range(count)]
+    texts = [synthetic_text(seed * 100 + i, lines=60) for i in range(count)]
     for index, text in enumerate(texts):
         (folder / f"{index:02d}.txt").write_text(text, encoding="utf-8", newline="")
     (folder / "tricky.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TRICKY), encoding="utf-8")
@@ -184,7 +175,7 @@ def test_prepare_argument_errors(tmp_path):
 
 def test_resolve_raw_text_prepares_once_then_reuses_the_cache(tmp_path, monkeypatch):
     corpus = tmp_path / "My Corpus.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": synthetic_text(i)}) for i in range(6)), encoding="utf-8")
+    corpus.write_text("\n".join(json.dumps({"text": synthetic_text(i, lines=60)}) for i in range(6)), encoding="utf-8")
     trainings = []
     real_train = prepare_module.train_tokenizer_with_settings
     monkeypatch.setattr(prepare_module, "train_tokenizer_with_settings",
@@ -204,7 +195,7 @@ def test_resolve_raw_text_prepares_once_then_reuses_the_cache(tmp_path, monkeypa
     assert len(trainings) == 2 and read_shard(third.train_files[0]).size == first.meta["train_tokens"]
 
     # Changed content → a new cache entry.
-    records = [{"text": "changed"}, {"text": synthetic_text(9)}]
+    records = [{"text": "changed"}, {"text": synthetic_text(9, lines=60)}]
     corpus.write_text("\n".join(map(json.dumps, records)), encoding="utf-8")
     fourth = resolve_dataset(str(corpus), None, tmp_path / "cache", vocab_size=300, progress=False)
     assert fourth.root != first.root and len(trainings) == 3
@@ -231,8 +222,8 @@ def test_resolve_shard_folders(prepared, tmp_path):
 
 def test_resolve_default_is_the_embedded_corpus_cached_by_vocab(tmp_path, monkeypatch):
     # A few works stand in for the full corpus to keep the test fast; the folder logic is the same.
-    small = ([Document("Hamlet", synthetic_text(1)), Document("Othello", synthetic_text(2))],
-             [Document("Macbeth", synthetic_text(3)), Document("Sonnets", TRICKY[0])])
+    small = ([Document("Hamlet", synthetic_text(1, lines=60)), Document("Othello", synthetic_text(2, lines=60))],
+             [Document("Macbeth", synthetic_text(3, lines=60)), Document("Sonnets", TRICKY[0])])
     calls = []
     monkeypatch.setattr(prepare_module, "shakespeare_split", lambda: calls.append(1) or small)
     info = resolve_dataset(None, None, tmp_path / "cache", vocab_size=300, progress=False)

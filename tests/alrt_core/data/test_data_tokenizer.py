@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import io
-import random
 
 import numpy as np
 import pytest
+from synthetic_corpus import synthetic_text
 import sentencepiece as spm
 
 from alrt_core.data.documents import Document
 from alrt_core.data.tokenizer import Tokenizer, normalizer_spec, train_tokenizer
 from alrt_core.errors import UserError
 
-WORDS = ["the", "and", "sweet", "night", "love", "lord", "king", "thou", "art", "hast", "good", "fair", "shall"]
 
 # Whitespace runs, tabs, CRLF, blank lines, leading/trailing spaces, and characters never seen in training
 # (byte fallback): everything the lossless tokenizer must give back exactly.
@@ -31,14 +30,6 @@ TRICKY = [
 ]
 
 
-def synthetic_text(seed: int, lines: int = 150) -> str:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(lines):
-        indent = rng.choice(["", "", "", "    ", "\t", "  "])
-        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 9))]
-        out.append(indent + rng.choice([" ", " ", " ", "  "]).join(words) + rng.choice([".", ",", "", "!"]))
-    return "\n".join(out) + rng.choice(["\n", "\n\n", ""])
 
 
 @pytest.fixture(scope="module")
