@@ -38,14 +38,15 @@ def train(
         "train.early_stop_patience": early_stop_patience, "train.compile": compile_model,
     }
     given = {key: value for key, value in flags.items() if value is not None}
+    # One budget given alone replaces both budgets: "--max-steps 100" means 100 steps and no deadline (also when
+    # resuming, so "--resume last.pt --max-steps 5000" extends a wallclock run).
+    if len({"train.max_steps", "train.max_minutes"} & given.keys()) == 1:
+        given.setdefault("train.max_steps", None)
+        given.setdefault("train.max_minutes", None)
     config: RunConfig | None = None
     if resume is None or preset_name or overrides:
         config = preset(preset_name or "cpu")
         apply_overrides(config, overrides or [])
-        # One budget given alone replaces both of the preset's: "--max-steps 100" means 100 steps, no deadline.
-        budgets = {"train.max_steps", "train.max_minutes"} & given.keys()
-        if len(budgets) == 1 and resume is None:
-            config.train.max_steps = config.train.max_minutes = None
         for key, value in given.items():
             set_value(config, key, value)
     run_dir = out_dir or Path("runs") / f"{preset_name or 'cpu'}-{time.strftime('%Y%m%d-%H%M%S')}"

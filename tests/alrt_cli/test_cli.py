@@ -89,3 +89,15 @@ def test_torchrun_two_gloo_processes_match_one_process(small_dataset, tmp_path):
     for a, b in zip(one, two):
         key = "loss" if a["event"] == "train_step" else "val_bpb"
         assert b[key] == pytest.approx(a[key], rel=2e-3), (a["step"], key)
+
+
+def test_resume_with_a_step_budget_extends_a_wallclock_run(small_dataset, tmp_path):
+    run = tmp_path / "run"
+    first = alrt("train", "--data", str(small_dataset.root), "--preset", "tiny", "--max-minutes", "0.02",
+                 "--out-dir", str(run))
+    assert first.returncode == 0, first.stderr
+    done = max(e["step"] for e in read_events(run / "train.jsonl") if e["event"] == "train_step")
+    resumed = alrt("train", "--resume", str(run / "last.pt"), "--max-steps", str(done + 3))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"done (max_steps) after {done + 3} steps" in resumed.stdout
+    assert json.loads((run / "config.json").read_text())["train"]["max_minutes"] is None
