@@ -6,14 +6,13 @@ memory-mapped and validated (magic, version, exact file size) so a truncated dow
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from alrt_core.errors import UserError
+from alrt_core.fileio import atomic_writer
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -38,17 +37,10 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
         raise ValueError(f"shard tokens must be in [0, {MAX_TOKEN_ID}] (uint16), got {low}..{high}")
     header = np.zeros(HEADER_WORDS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # Streamed rather than concatenated in memory: a full shard is 200 MB of tokens.
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(header.tobytes())
-            stream.write(tokens.astype("<u2", copy=False).tobytes())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    # Streamed rather than concatenated in memory: a full shard is 200 MB of tokens.
+    with atomic_writer(path) as stream:
+        stream.write(header.tobytes())
+        stream.write(tokens.astype("<u2", copy=False).tobytes())
 
 
 def read_shard(path: Path) -> np.ndarray:
