@@ -29,7 +29,7 @@ from alrt_core.data.tokenizer import MAX_VOCAB_SIZE, Tokenizer, train_tokenizer_
 from alrt_core.errors import UserError
 from alrt_core.fileio import atomic_write_text
 
-META_FORMAT_VERSION = 2  # bump when tokenizer training or sharding changes, so caches are rebuilt
+META_FORMAT_VERSION = 3  # bump when tokenizer training or sharding changes, so caches are rebuilt
 ENCODE_BATCH_CHARS = 4_000_000  # documents are encoded in batches of about this many characters
 TOKENIZER_FILE = "tokenizer.model"
 META_FILE = "meta.json"

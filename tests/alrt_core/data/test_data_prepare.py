@@ -64,7 +64,7 @@ def test_folder_layout_and_meta(prepared):
     assert not [p for p in info.root.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
     meta = json.loads((info.root / "meta.json").read_text(encoding="utf-8"))
     assert meta == info.meta
-    assert meta["format_version"] == 2 and meta["vocab_size"] == info.vocab_size == 300
+    assert meta["format_version"] == prepare_module.META_FORMAT_VERSION and meta["vocab_size"] == info.vocab_size == 300
     assert (meta["bos_id"], meta["eos_id"], meta["lossless"]) == (1, 2, True)
     assert (meta["train_documents"], meta["val_documents"]) == (8, 2)
     assert meta["train_tokens"] == read_shard(info.train_files[0]).size
