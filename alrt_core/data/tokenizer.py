@@ -133,13 +133,11 @@ def train_tokenizer_with_settings(
 
 
 # -- reading the model proto ------------------------------------------------------------------------------------
-# Only the normalizer settings and the piece types are needed, so a few lines of protobuf wire format stand in for
-# the protobuf package (which sentencepiece does not require).
+# Only the normalizer settings are needed, so a few lines of protobuf wire format stand in for the protobuf package
+# (which sentencepiece does not require).
 
-MODEL_PIECES_FIELD = 1  # ModelProto.pieces: SentencePiece {piece = 1, score = 2, type = 3}
 MODEL_NORMALIZER_SPEC_FIELD = 3  # ModelProto.normalizer_spec
 NORMALIZER_FIELDS = {1: "name", 3: "add_dummy_prefix", 4: "remove_extra_whitespaces"}
-PIECE_TYPE_USER_DEFINED = 4
 
 
 def _varint(data: bytes, position: int) -> tuple[int, int]:

@@ -25,6 +25,7 @@ class TrainBatches:
         self.world_size = world_size
         self.position = 0
         self._epoch_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._window_counts: dict[int, int] = {}
         if self.windows_in_epoch(0) == 0:
             raise ValueError(f"training data has fewer than {seq_len + 1} tokens")
 
@@ -52,8 +53,11 @@ class TrainBatches:
         return self._epoch_cache[1], self._epoch_cache[2]
 
     def windows_in_epoch(self, epoch: int) -> int:
-        phase = self._phase(epoch)
-        return sum(max(0, (int(shard.shape[0]) - phase - 1) // self.seq_len) for shard in self.shards)
+        # Cached: `_window` asks for every earlier epoch's count on each lookup.
+        if epoch not in self._window_counts:
+            phase = self._phase(epoch)
+            self._window_counts[epoch] = sum(max(0, (int(s.shape[0]) - phase - 1) // self.seq_len) for s in self.shards)
+        return self._window_counts[epoch]
 
     @property
     def tokens_per_epoch(self) -> int:
