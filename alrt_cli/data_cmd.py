@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,8 +19,8 @@ def prepare(
     inputs: Annotated[list[Path], typer.Argument(help=".txt files, .jsonl files with a `text` field, or folders of them.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder for shards, tokenizer.model and meta.json.")],
     vocab_size: Annotated[int, typer.Option(help="Vocabulary size of the BPE tokenizer to train.")] = 1024,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="Reuse this sentencepiece .model instead of training one.")] = None,
-    val_input: Annotated[Optional[list[Path]], typer.Option("--val-input", help="Validation documents (default: a held-out fraction of the inputs).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Reuse this sentencepiece .model instead of training one.")] = None,
+    val_input: Annotated[list[Path] | None, typer.Option("--val-input", help="Validation documents (default: a held-out fraction of the inputs).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Fraction of documents held out for validation.")] = 0.05,
     golf_normalization: Annotated[bool, typer.Option("--golf-normalization", help="Parameter-golf tokenizer settings (nmt_nfkc, whitespace collapsing): lossy.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split.")] = 1337,

@@ -9,7 +9,13 @@ import math
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 def _fmt_tokens(count: float) -> str:
@@ -48,9 +54,16 @@ class TrainConsole:
     def _on_run_start(self, e: dict[str, Any]) -> None:
         self.log_every = e["log_every"]
         ranks = "dense" if e["rank_min"] is None else f"ranks {e['rank_min']}/{e['rank_mean']}/{e['rank_max']}"
+        share = e["projection_params"] / max(e["dense_projection_params"], 1)
+        policy = f"rank policy {e['rank_policy']}"
+        if e["rank_update_every"]:
+            policy += f", updates every {e['rank_update_every']} steps"
+        if e["rank_budget"]:
+            policy += f", budget {e['rank_budget']:,.0f} {e['rank_budget_unit']}"
         lines = [
             f"[bold]alrt train[/] → {e['run_dir']}" + (f"  (resumed from {e['resumed_from']})" if e["resumed_from"] else ""),
             f"  model    {e['params']:,} params, vocab {e['vocab_size']}, {ranks}, preset {e['preset']}",
+            f"  ranks    {policy}; attention+MLP {e['projection_params']:,} params = {share:.0%} of dense",
             f"  data     {_fmt_tokens(e['tokens_per_epoch'])} tokens/epoch, val {_fmt_tokens(e['val_tokens'])} tokens "
             f"= {e['val_bytes']:,} bytes",
             f"  scale    {e['tokens_per_param_epoch']:.1f} tokens/param per epoch "
@@ -93,6 +106,17 @@ class TrainConsole:
         mark = " [green]best[/]" if e["improved"] else ""
         scope = "" if e["full"] else f" ({_fmt_tokens(e['val_tokens'])} tokens)"
         self._print(f"  [bold cyan]eval[/] step {e['step']}: val loss {e['val_loss']:.4f}, val bpb {e['val_bpb']:.4f}{scope}{mark}")
+
+    def _on_rank_update(self, e: dict[str, Any]) -> None:
+        ranks = f"{e['rank_min']}/{e['rank_mean']:.1f}/{e['rank_max']}"
+        budget = ""
+        if e["budget"]:
+            budget = f" | {e['budget_unit']} {e['budget_estimate']:,.0f}/{e['budget']:,.0f}, pressure {e['pressure']:.3f}"
+        self._print(
+            f"  [magenta]rank_update[/] @ {e['step']} | changed {e['changed']}/{e['layers']} | "
+            f"params {_fmt_tokens(e['params_before'])} → {_fmt_tokens(e['params_after'])} | r {ranks} | "
+            f"took {e['seconds']:.2f}s{budget}"
+        )
 
     def _on_error(self, e: dict[str, Any]) -> None:
         self._stop_progress()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alrt_core.errors import UserError
+from alrt_core.units import parse_byte_size
 
 
 @dataclass
@@ -35,7 +36,6 @@ class ModelConfig:
     qk_gain_init: float = 1.5  # learnable per-head multiplier on normalised queries
     unet_skips: bool = True  # encoder half feeds the decoder half through learned per-channel skip weights
     resid_mix: bool = True  # each block mixes the residual stream with the initial embedding stream
-    rank: int | None = None  # rank of every factorised projection W = U·V; None = dense
     embed_init_std: float = 0.005
 
     @property
@@ -55,8 +55,6 @@ class ModelConfig:
             raise UserError(f"head dimension {self.head_dim} must be even for RoPE")
         if self.rope_dims is not None and (self.rope_dims % 2 or not 0 < self.rope_dims <= self.head_dim):
             raise UserError(f"model.rope_dims={self.rope_dims} must be even and in (0, {self.head_dim}]")
-        if self.rank is not None and self.rank < 1:
-            raise UserError(f"model.rank={self.rank} must be a positive integer or None (dense)")
         for name in ("num_layers", "model_dim", "num_heads", "num_kv_heads", "seq_len"):
             if getattr(self, name) < 1:
                 raise UserError(f"model.{name} must be positive")
@@ -111,6 +109,68 @@ class TrainConfig:
             raise UserError("train.eval_every and train.log_every must be positive")
 
 
+RANK_POLICIES = ("dense", "fixed", "stable", "energy", "schedule")
+ADAPTIVE_POLICIES = ("stable", "energy", "schedule")
+
+
+@dataclass
+class RankConfig:
+    """How the Q/K/V/O and MLP projections are factorised and how their ranks move while training (ALRT)."""
+
+    policy: str = "stable"  # dense | fixed | stable | energy | schedule
+    init: int | None = None  # starting rank of every projection; None = its break-even rank m·n/(m+n)
+    kinds: str | None = None  # per-kind starting (or fixed) ranks, e.g. "q=16,k=16,o=64"; kinds not named use init
+    min_rank: int = 4
+    warmup_steps: int = 100  # no rank change before this step
+    update_every: int | None = None  # steps between updates; None = once per epoch, at most every 100 steps
+    safety_factor: float = 2.0  # stable: target = ceil(safety_factor · EMA of the stable rank)
+    change_threshold: float = 0.1  # relative |target - rank| / rank below which a layer keeps its rank
+    max_step: float = 0.5  # largest change per update as a fraction of the current rank
+    ema_decay: float = 0.5  # weight of the previous estimate in the EMA
+    power_iterations: int = 4  # per update, warm-started from the previous update's vector
+    energy: float = 0.9  # energy: smallest rank keeping this fraction of Σσ²
+    final: int | None = None  # schedule: rank every projection reaches at the end of the anneal
+    anneal_steps: int = 500  # schedule: steps from warmup_steps over which the rank goes from init to final
+    pressure_alpha: float = 0.0  # schedule: weight of the ordered penalty α·Σᵢ wᵢ(‖U[:,i]‖² + ‖V[i,:]‖²)
+    resize_method: str = "svd"  # svd (truncated SVD, sqrt split) | truncate (drop trailing components)
+    on_resize: str = "project"  # project the optimizer state into the new basis | reset it to zero
+    target_params: int | None = None  # budget-driven: total model parameters to track
+    target_bytes: str | None = None  # budget-driven: artifact bytes (int6 matrices, int8 embedding), e.g. "16MB"
+    log_full: bool = False  # log every layer's measurement at every update (rank_full events)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.policy in ADAPTIVE_POLICIES
+
+    def validate(self) -> None:
+        if self.policy not in RANK_POLICIES:
+            raise UserError(f"rank.policy={self.policy!r} must be one of {', '.join(RANK_POLICIES)}")
+        if self.resize_method not in ("svd", "truncate"):
+            raise UserError(f"rank.resize_method={self.resize_method!r} must be 'svd' or 'truncate'")
+        if self.on_resize not in ("project", "reset"):
+            raise UserError(f"rank.on_resize={self.on_resize!r} must be 'project' or 'reset'")
+        for name in ("init", "final", "update_every", "target_params"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"rank.{name}={value} must be a positive integer")
+        if self.min_rank < 1 or self.power_iterations < 1 or self.anneal_steps < 1 or self.warmup_steps < 0:
+            raise UserError("rank.min_rank, rank.power_iterations and rank.anneal_steps must be positive")
+        if self.safety_factor <= 0 or self.max_step <= 0 or self.change_threshold < 0:
+            raise UserError("rank.safety_factor and rank.max_step must be positive, rank.change_threshold >= 0")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"rank.ema_decay={self.ema_decay} must be in [0, 1)")
+        if not 0.0 < self.energy <= 1.0:
+            raise UserError(f"rank.energy={self.energy} must be in (0, 1]")
+        if self.policy == "schedule" and self.final is None:
+            raise UserError("rank.policy=schedule needs rank.final (--rank-final)")
+        if self.target_params is not None and self.target_bytes is not None:
+            raise UserError("give one budget: rank.target_params or rank.target_bytes, not both")
+        if (self.target_params is not None or self.target_bytes is not None) and self.policy not in ("stable", "energy"):
+            raise UserError(f"a rank budget (--target-params/--target-bytes) needs rank.policy stable or energy, not {self.policy}")
+        if self.target_bytes is not None:
+            parse_byte_size(self.target_bytes)
+
+
 @dataclass
 class DataConfig:
     """Where the tokens come from; `path=None` is the embedded Shakespeare corpus."""
@@ -126,10 +186,12 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    rank: RankConfig = field(default_factory=RankConfig)
 
     def validate(self) -> None:
         self.model.validate()
         self.train.validate()
+        self.rank.validate()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -137,7 +199,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         config = cls(preset=raw.get("preset", "custom"))
-        for section in ("model", "train", "data"):
+        for section in SECTIONS:
             for key, value in raw.get(section, {}).items():
                 _set_field(config, f"{section}.{key}", value, from_text=False)
         return config
@@ -152,6 +214,7 @@ def _preset_tiny() -> RunConfig:
         preset="tiny",
         model=ModelConfig(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_mult=2.0, seq_len=64),
         train=TrainConfig(batch_tokens=1024, max_steps=20, warmup_steps=2, eval_every=10, eval_tokens=8192, log_every=5),
+        rank=RankConfig(warmup_steps=3, update_every=3),
     )
 
 
@@ -188,8 +251,11 @@ def _preset_golf() -> RunConfig:
             log_every=100,
             compile=True,
         ),
+        rank=RankConfig(policy="dense"),  # the records' dense stack; `--rank-policy stable` adds ALRT on top
     )
 
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "rank": RankConfig}
 
 PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "tiny": _preset_tiny,
@@ -222,14 +288,14 @@ def set_value(config: RunConfig, key: str, value: Any) -> None:
 def known_keys() -> list[str]:
     return [
         f"{section}.{f.name}"
-        for section, cls in (("model", ModelConfig), ("train", TrainConfig), ("data", DataConfig))
+        for section, cls in SECTIONS.items()
         for f in dataclasses.fields(cls)
     ]
 
 
 def _set_field(config: RunConfig, key: str, value: Any, *, from_text: bool) -> None:
     section_name, _, field_name = key.partition(".")
-    section = getattr(config, section_name, None) if section_name in ("model", "train", "data") else None
+    section = getattr(config, section_name, None) if section_name in SECTIONS else None
     fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if field_name not in fields:
         raise UserError(f"unknown config key {key!r} (known keys: {', '.join(known_keys())})")

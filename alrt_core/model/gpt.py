@@ -7,6 +7,7 @@ projection is a `FactorizedLinear`, dense or `U·V` with its own rank.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -121,22 +122,24 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, layer_ranks: dict[str, int | None] | None = None) -> None:
-        """Build the model; `layer_ranks` (name -> rank, e.g. from a checkpoint) overrides `config.rank`."""
+    def __init__(self, config: ModelConfig, layer_ranks: Mapping[str, int | None] | int | None = None) -> None:
+        """Build the model. `layer_ranks` gives each projection's rank by name (e.g. from a checkpoint; names not
+        given are dense), or one rank for every projection (capped at each one's smaller dimension); None = dense."""
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
         config.validate()
         self.config = config
-        overrides = layer_ranks or {}
         rotary = Rotary(config.head_dim, config.rope_dims or config.head_dim, config.seq_len, config.rope_base)
         self.embed = nn.Embedding(config.vocab_size, config.model_dim)
         blocks = []
         for index in range(config.num_layers):
-            ranks = {}
+            ranks: dict[str, int | None] = {}
             for kind in PROJECTION_KINDS:
-                name = layer_name(index, kind)
-                ranks[kind] = overrides[name] if name in overrides else self._default_rank(config, kind)
+                if isinstance(layer_ranks, int):
+                    ranks[kind] = min(layer_ranks, *projection_shape(config, kind))
+                else:
+                    ranks[kind] = (layer_ranks or {}).get(layer_name(index, kind))
             blocks.append(Block(config, ranks, rotary))
         self.blocks = nn.ModuleList(blocks)
         self.num_encoder = config.num_layers // 2 if config.unet_skips else 0
@@ -147,15 +150,6 @@ class GPT(nn.Module):
             self.embed.weight.normal_(0.0, config.embed_init_std)
             if self.head is not None:
                 self.head.weight.zero_()
-
-    @staticmethod
-    def _default_rank(config: ModelConfig, kind: str) -> int | None:
-        if config.rank is None:
-            return None
-        out_dim = {"k": config.num_kv_heads * config.head_dim, "v": config.num_kv_heads * config.head_dim}
-        in_dim = config.mlp_hidden if kind == "down" else config.model_dim
-        out = config.mlp_hidden if kind == "up" else out_dim.get(kind, config.model_dim)
-        return min(config.rank, in_dim, out)
 
     def projections(self) -> dict[str, FactorizedLinear]:
         """Every factorisable projection by its stable name, e.g. `blocks.3.attn.q`."""
@@ -205,6 +199,24 @@ class GPT(nn.Module):
             return logits
         losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
         return losses.view_as(targets) if reduction == "none" else losses
+
+
+def projection_shape(config: ModelConfig, kind: str) -> tuple[int, int]:
+    """(out_features, in_features) of a projection kind."""
+    kv_dim = config.num_kv_heads * config.head_dim
+    return {
+        "q": (config.model_dim, config.model_dim),
+        "k": (kv_dim, config.model_dim),
+        "v": (kv_dim, config.model_dim),
+        "o": (config.model_dim, config.model_dim),
+        "up": (config.mlp_hidden, config.model_dim),
+        "down": (config.model_dim, config.mlp_hidden),
+    }[kind]
+
+
+def layer_kind(name: str) -> str:
+    """The projection kind of a layer name: `blocks.3.attn.q` -> `q`."""
+    return name.rsplit(".", 1)[-1]
 
 
 def layer_name(index: int, kind: str) -> str:

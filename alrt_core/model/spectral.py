@@ -3,6 +3,7 @@
 - `frobenius_sq`: ‖U·V‖_F² = trace((UᵀU)(VVᵀ)) from two r×r Gram matrices, O((m+n)·r²).
 - `top_singular_value`: σ_max by power iteration on the factors, warm-started from the previous vector.
 - `stable_rank`: ‖W‖_F² / σ_max², a smooth, noise-robust lower bound of the rank.
+- `singular_values`: every σ of U·V from an r×r core (for the `energy` policy and reports).
 - `truncated_svd`: the best rank-r factors of U·V through QR of each factor (an r×r SVD in the middle),
   returned with the maps that carry the optimizer state into the new basis.
 - `grow`: more components that leave the function unchanged at the moment of growth.
@@ -30,6 +31,14 @@ def top_singular_value(u: Tensor, v: Tensor, vector: Tensor | None = None, itera
         x = x / x.norm().clamp_min(1e-30)
     sigma = (u @ (v @ x)).norm()
     return sigma, x
+
+
+def singular_values(u: Tensor, v: Tensor) -> Tensor:
+    """All singular values of U·V (descending) from the r×r core of the factors' QR decompositions."""
+    work = torch.promote_types(u.dtype, torch.float32)
+    _, r_u = torch.linalg.qr(u.to(work))
+    _, r_v = torch.linalg.qr(v.to(work).T)
+    return torch.linalg.svdvals(r_u @ r_v.T)
 
 
 def stable_rank(u: Tensor, v: Tensor, vector: Tensor | None = None, iterations: int = 4) -> tuple[float, Tensor]:

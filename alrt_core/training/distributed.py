@@ -30,6 +30,13 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """Rank `src`'s tensor on every rank (a copy of the input for a single process)."""
+        if self.enabled:
+            tensor = tensor.to(self.device)
+            dist.broadcast(tensor, src=src)
+        return tensor.cpu()
+
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)

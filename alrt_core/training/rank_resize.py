@@ -23,6 +23,18 @@ def _truncate(u: torch.Tensor, v: torch.Tensor, rank: int) -> Resize:
     return Resize(u[:, :rank].clone(), v[:rank].clone(), a=eye, b=eye.T)
 
 
+SECOND_MOMENT_KEYS = ("exp_avg_sq", "max_exp_avg_sq")
+
+
+def _carry_state(key: str, value: torch.Tensor, project, new: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """Momentum (Muon's buffer, Adam's exp_avg) is a sum of gradients, so the gradient map carries it exactly.
+    A second moment is not linear in the gradients; its root (a gradient scale) is carried instead and squared,
+    which keeps it non-negative and of the right size (an approximation; factors train with Muon by default)."""
+    if key in SECOND_MOMENT_KEYS:
+        return project(value.sqrt()).square().contiguous()
+    return project(value).contiguous()
+
+
 @torch.no_grad()
 def resize_layer(
     layer: FactorizedLinear,
@@ -63,6 +75,18 @@ def resize_layer(
                 continue
             for key, value in list(state.items()):
                 if torch.is_tensor(value) and value.dim() == 2:
-                    state[key] = project(value).contiguous() if on_resize == "project" else torch.zeros_like(new)
+                    state[key] = _carry_state(key, value, project, new) if on_resize == "project" else torch.zeros_like(new)
                 # step counters and scalars carry over unchanged
             optimizer.state[new] = state
+
+
+@torch.no_grad()
+def resize_factor_pair(u: torch.Tensor, v: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of another copy of a layer (e.g. its weight EMA) at `rank`: the best rank-`rank` approximation of
+    U·V when shrinking, zero-padded (the same function) when growing."""
+    old_rank = u.shape[1]
+    if rank >= old_rank:
+        return (torch.cat((u, u.new_zeros(u.shape[0], rank - old_rank)), dim=1),
+                torch.cat((v, v.new_zeros(rank - old_rank, v.shape[1])), dim=0))
+    resize, _ = truncated_svd(u, v, rank)
+    return resize.u, resize.v

@@ -17,6 +17,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.log_every",
         "train.early_stop_patience",
         "train.compile",
+        "rank.log_full",
     }
 )
 

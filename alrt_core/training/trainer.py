@@ -29,13 +29,19 @@ from alrt_core.errors import UserError
 from alrt_core.evaluate import EvalResult, evaluate
 from alrt_core.fileio import atomic_write_text
 from alrt_core.model.gpt import GPT, uniform_baseline_nats
+from alrt_core.model.rank_plan import initial_layer_ranks
 from alrt_core.precision import autocast_context, resolve_autocast
 from alrt_core.training.batches import TrainBatches
 from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
 from alrt_core.training.distributed import DistributedContext, init_distributed
 from alrt_core.training.ema import WeightEMA
 from alrt_core.training.events import EventLog, Listener
-from alrt_core.training.optimizers import build_optimizers, set_lr_scale, set_muon_momentum
+from alrt_core.training.optimizers import (
+    build_optimizers,
+    set_lr_scale,
+    set_muon_momentum,
+)
+from alrt_core.training.rank_manager import RankManager
 from alrt_core.training.run_config import resolve_resume_config
 from alrt_core.training.schedule import Schedule, muon_momentum
 
@@ -126,28 +132,43 @@ class Trainer:
         self.accumulation = train.batch_tokens // (micro_tokens * ctx.world_size)
 
         torch.manual_seed(train.seed)
-        ranks = self.checkpoint["ranks"] if self.checkpoint else None
+        ranks = self.checkpoint["ranks"] if self.checkpoint else initial_layer_ranks(config.model, config.rank)
         self.model = GPT(config.model, layer_ranks=ranks).to(ctx.device)
         self.optimizers = build_optimizers(self.model, train)
         self.ema = WeightEMA(self.model, train.ema_decay) if train.ema_decay > 0 else None
         self.batches = TrainBatches(self.dataset.train_files, seq_len, train.seed, ctx.rank, ctx.world_size)
+        self.ranks = RankManager(
+            config.rank, self.model, seed=train.seed,
+            steps_per_epoch=max(1, self.batches.tokens_per_epoch // train.batch_tokens),
+        )
         self.val_tokens = np.concatenate([np.asarray(read_shard(path)) for path in self.dataset.val_files])
         self.schedule = Schedule(
             train.warmup_steps, train.warmdown_frac, train.max_steps,
             train.max_minutes * 60.0 if train.max_minutes is not None else None,
         )
         self.step, self.elapsed, self.tokens_seen = 0, 0.0, 0
+        self._train_seconds_since_rank_update = 0.0
         self.best_bpb, self.evals_without_improvement = math.inf, 0
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
         if train.compile:
             # Where inductor cannot build (no C++ compiler, unsupported op), run those parts eagerly, not fail.
             torch._dynamo.config.suppress_errors = True
-        forward_model: torch.nn.Module = torch.compile(self.model) if train.compile else self.model
+            if self.ranks.active:
+                # Resized factors change parameter shapes. With static parameter shapes every resize would
+                # recompile (~12 s on CPU) until dynamo's recompile limit drops to eager; dynamic ones compile once
+                # more at the first resize and then run at the same speed.
+                torch._dynamo.config.force_parameter_static_shapes = False
+        self.compiled_model: torch.nn.Module = torch.compile(self.model) if train.compile else self.model
+        self._wrap_for_training()
+
+    def _wrap_for_training(self) -> None:
+        """DDP around the (compiled) model; rebuilt after a resize, since DDP's buckets hold the old parameters."""
+        ctx = self.ctx
+        self.forward_model = self.compiled_model
         if ctx.enabled:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            forward_model = DistributedDataParallel(forward_model, device_ids=device_ids, broadcast_buffers=False)
-        self.forward_model = forward_model
+            self.forward_model = DistributedDataParallel(self.compiled_model, device_ids=device_ids, broadcast_buffers=False)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -155,6 +176,8 @@ class Trainer:
             optimizer.load_state_dict(saved)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        if state.get("rank_manager") is not None:
+            self.ranks.load_state_dict(state["rank_manager"])
         self.batches.load_state_dict(state["batches"])
         self.step, self.elapsed, self.tokens_seen = state["step"], state["elapsed"], state["tokens_seen"]
         self.best_bpb, self.evals_without_improvement = state["best_val_bpb"], state["evals_without_improvement"]
@@ -218,6 +241,10 @@ class Trainer:
             batch_tokens=config.train.batch_tokens, micro_batch_sequences=self.micro_sequences,
             accumulation=self.accumulation, max_steps=config.train.max_steps, max_minutes=config.train.max_minutes,
             log_every=config.train.log_every, eval_every=config.train.eval_every,
+            rank_policy=config.rank.policy, rank_update_every=self.ranks.update_every if self.ranks.active else None,
+            rank_budget_unit=self.ranks.budget_unit, rank_budget=self.ranks.budget,
+            projection_params=self.ranks.costs.projection_params(self.model.layer_ranks()),
+            dense_projection_params=self.ranks.costs.projection_params(dict.fromkeys(self.model.layer_ranks())),
             **rank_summary(self.model),
         )
 
@@ -256,6 +283,10 @@ class Trainer:
                 nll_sum += float(loss.detach()) * targets.numel()
                 token_count += targets.numel()
                 byte_count += int(self.tokenizer.count_bytes(inputs.numpy(), targets.numpy()))
+            penalty = self.ranks.penalty(self.model)
+            if penalty is not None:
+                # Identical on every process, so its gradient is added locally after DDP's all-reduce.
+                penalty.backward()
             grad_norm = None
             if train.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip))
@@ -276,8 +307,12 @@ class Trainer:
                 loss=nll_sum / token_count, bpb=nll_sum / (math.log(2) * byte_count), lr_scale=scale,
                 lr=scale * train.matrix_lr, tok_s=token_count / seconds, tokens=self.tokens_seen,
                 elapsed=round(self.elapsed, 3), epoch=round(self.batches.epoch, 4), grad_norm=grad_norm,
+                rank_penalty=float(penalty) if penalty is not None else None,
                 **rank_summary(self.model),
             )
+            self._train_seconds_since_rank_update += seconds
+            if self.ranks.is_due(self.step):
+                self._update_ranks()
             if self.step % train.eval_every == 0:
                 final = self._evaluate_and_save(max_tokens=train.eval_tokens)
                 last_eval_step = self.step
@@ -291,6 +326,31 @@ class Trainer:
             final_val_loss=final.loss, tokens=self.tokens_seen, elapsed=round(self.elapsed, 3),
         )
         return TrainResult(self.run_dir, self.step, reason, self.best_bpb, final)
+
+    def _update_ranks(self) -> None:
+        """One controller update; its time counts against the wallclock budget like any training work."""
+        update = self.ranks.update(self.step, self.model, self.optimizers, self.ema, self.ctx)
+        if update.changed:
+            self._wrap_for_training()
+        seconds = update.measure_seconds + update.resize_seconds
+        self.elapsed += seconds
+        if self.ctx.is_main and self.config.rank.log_full:
+            self.events.emit("rank_full", self.step, layers=[layer.to_dict() for layer in update.layers])
+        for layer in update.changed:
+            self.events.emit("rank_change", self.step, pressure=round(update.pressure, 4), **layer.to_dict())
+        self.events.emit(
+            "rank_update", self.step, policy=self.config.rank.policy, changed=len(update.changed),
+            layers=len(update.layers), params_before=update.params_before, params_after=update.params_after,
+            projection_params_before=update.projection_params_before,
+            projection_params_after=update.projection_params_after,
+            pressure=round(update.pressure, 4), budget_unit=update.budget_unit, budget=update.budget,
+            budget_estimate=update.budget_estimate, disagreements=update.disagreements, seconds=round(seconds, 4),
+            measure_seconds=round(update.measure_seconds, 4), resize_seconds=round(update.resize_seconds, 4),
+            # The measurement's cost against the training steps it rides on (those since the previous update).
+            measure_fraction=round(update.measure_seconds / max(self._train_seconds_since_rank_update, 1e-9), 5),
+            **rank_summary(self.model),
+        )
+        self._train_seconds_since_rank_update = 0.0
 
     def _fail_non_finite(self, value: float) -> None:
         last = self.run_dir / "last.pt"
@@ -336,6 +396,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ranks": self.model.layer_ranks(),
+            "rank_manager": self.ranks.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
             "batches": self.batches.state_dict(),
             "step": self.step,

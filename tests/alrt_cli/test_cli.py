@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cli_runner import alrt
 
 from alrt_core.training.events import read_events
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def alrt(*args: str, env_extra: dict[str, str] | None = None, module: str = "alrt_cli") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
 def test_help_lists_command_groups():
@@ -74,8 +64,9 @@ def test_prepare_then_train_then_resume_from_the_command_line(tmp_path):
 
 
 def test_torchrun_two_gloo_processes_match_one_process(small_dataset, tmp_path):
+    # ALRT on (the tiny preset's stable policy) with updates at steps 2 and 4: both processes must resize alike.
     common = ["train", "--data", str(small_dataset.root), "--preset", "tiny", "--max-steps", "5", "--eval-every", "5",
-              "--set", "model.rank=6"]
+              "--rank-update-every", "2", "--set", "rank.warmup_steps=2"]
     single = alrt(*common, "--out-dir", str(tmp_path / "single"))
     assert single.returncode == 0, single.stderr
     launcher = ["--nproc_per_node=2", "--master_port=29531", "-m", "alrt_cli"]
@@ -86,9 +77,17 @@ def test_torchrun_two_gloo_processes_match_one_process(small_dataset, tmp_path):
     assert [e["step"] for e in one] == [e["step"] for e in two]
     start = read_events(tmp_path / "ddp" / "train.jsonl")[0]
     assert start["world_size"] == 2
-    for a, b in zip(one, two):
+    for a, b in zip(one, two, strict=True):
         key = "loss" if a["event"] == "train_step" else "val_bpb"
         assert b[key] == pytest.approx(a[key], rel=2e-3), (a["step"], key)
+    updates = [e for e in read_events(tmp_path / "ddp" / "train.jsonl") if e["event"] == "rank_update"]
+    assert [e["step"] for e in updates] == [2, 4] and updates[0]["changed"] > 0
+    assert all(e["disagreements"] == 0 for e in updates)  # each process decided what rank 0 decided
+
+    def final_ranks(run: str) -> dict:
+        return {e["layer"]: e["new_rank"] for e in read_events(tmp_path / run / "train.jsonl") if e["event"] == "rank_change"}
+
+    assert final_ranks("ddp") == final_ranks("single")
 
 
 def test_resume_with_a_step_budget_extends_a_wallclock_run(small_dataset, tmp_path):

@@ -21,11 +21,12 @@ def test_presets_resolve_and_round_trip_through_json_dict():
 def test_overrides_are_parsed_by_field_type():
     config = apply_overrides(
         preset("tiny"),
-        ["model.num_layers=5", "model.mlp_mult=3", "model.rank=none", "train.compile=true", "train.max_minutes=1.5",
+        ["model.num_layers=5", "model.mlp_mult=3", "rank.init=none", "rank.safety_factor=3", "train.compile=true", "train.max_minutes=1.5",
          "model.rope_dims=16", "train.batch_tokens=4_096"],
     )
     assert config.model.num_layers == 5 and isinstance(config.model.num_layers, int)
-    assert config.model.mlp_mult == 3.0 and config.model.rank is None and config.train.compile is True
+    assert config.model.mlp_mult == 3.0 and config.rank.init is None and config.train.compile is True
+    assert config.rank.safety_factor == 3.0
     assert config.train.max_minutes == 1.5 and config.model.rope_dims == 16 and config.train.batch_tokens == 4096
 
 
@@ -53,3 +54,26 @@ def test_unknown_preset_and_invalid_shapes():
     config = apply_overrides(preset("tiny"), ["train.max_steps=none"])
     with pytest.raises(UserError, match="set train.max_steps or train.max_minutes"):
         config.validate()
+
+
+@pytest.mark.parametrize(
+    ("assignments", "message"),
+    [
+        (["rank.policy=lowest"], "rank.policy='lowest' must be one of dense, fixed, stable, energy, schedule"),
+        (["rank.policy=schedule"], "rank.policy=schedule needs rank.final"),
+        (["rank.on_resize=keep"], "rank.on_resize='keep' must be 'project' or 'reset'"),
+        (["rank.target_params=1000", "rank.target_bytes=1MB"], "give one budget"),
+        (["rank.policy=fixed", "rank.target_bytes=1MB"], "needs rank.policy stable or energy, not fixed"),
+        (["rank.target_bytes=16 megabytes"], "bad byte size '16 megabytes'"),
+        (["rank.ema_decay=1"], r"rank.ema_decay=1.0 must be in \[0, 1\)"),
+    ],
+)
+def test_rank_config_errors(assignments, message):
+    config = apply_overrides(preset("tiny"), assignments)
+    with pytest.raises(UserError, match=message):
+        config.validate()
+
+
+def test_presets_rank_policies():
+    assert preset("cpu").rank.policy == "stable" and preset("golf").rank.policy == "dense"
+    assert preset("tiny").rank.update_every == 3

@@ -6,13 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from synthetic_corpus import synthetic_text
 import sentencepiece as spm
+from synthetic_corpus import synthetic_text
 
 from alrt_core.data.documents import Document
 from alrt_core.data.tokenizer import Tokenizer, normalizer_spec, train_tokenizer
 from alrt_core.errors import UserError
-
 
 # Whitespace runs, tabs, CRLF, blank lines, leading/trailing spaces, and characters never seen in training
 # (byte fallback): everything the lossless tokenizer must give back exactly.
@@ -120,7 +119,7 @@ def test_counted_bytes_equal_utf8_length_of_each_decoded_document(request, name)
     decoded = [tokenizer.decode(doc[1:]) for doc in documents]
     assert counted == sum(len(text.encode("utf-8")) for text in decoded)
     # Per document too, so errors cannot cancel out across documents.
-    for doc, text in zip(documents, decoded):
+    for doc, text in zip(documents, decoded, strict=True):
         assert tokenizer.count_bytes(doc[:-1], doc[1:]) == len(text.encode("utf-8"))
     if tokenizer.lossless:
         assert decoded == texts

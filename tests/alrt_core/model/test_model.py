@@ -33,11 +33,12 @@ def test_dense_model_shapes_and_parameter_count():
     assert model.num_parameters() == 97 * 32 + 3 * per_block + 1 * 32  # tied embedding + one U-Net skip weight
 
 
-def test_factorised_model_shapes_ranks_and_overrides():
-    model = GPT(small_config(rank=8), layer_ranks={"blocks.1.mlp.up": 5})
+def test_factorised_model_shapes_ranks_by_name():
+    model = GPT(small_config(), layer_ranks={"blocks.0.attn.q": 8, "blocks.1.mlp.up": 5})
     ranks = model.layer_ranks()
     assert len(ranks) == 3 * len(PROJECTION_KINDS)
     assert ranks["blocks.0.attn.q"] == 8 and ranks["blocks.1.mlp.up"] == 5
+    assert ranks["blocks.0.attn.k"] is None  # names not given stay dense
     q = model.blocks[0].attn.q
     assert q.U.shape == (32, 8) and q.V.shape == (8, 32) and q.weight is None
     assert model.blocks[1].mlp.up.U.shape == (64, 5)
@@ -45,8 +46,8 @@ def test_factorised_model_shapes_ranks_and_overrides():
     assert model(tokens).shape == (2, 24, 97)
 
 
-def test_rank_is_capped_by_the_smaller_dimension():
-    model = GPT(small_config(rank=100))
+def test_one_rank_for_all_is_capped_by_each_smaller_dimension():
+    model = GPT(small_config(), layer_ranks=100)
     assert model.layer_ranks()["blocks.0.attn.k"] == 16
     assert model.layer_ranks()["blocks.0.attn.q"] == 32
 
@@ -71,7 +72,7 @@ def test_sqrt_split_is_the_best_rank_r_approximation_with_balanced_factors():
 
 
 def test_zero_init_output_projections_start_as_zero_maps_but_receive_gradient():
-    model = GPT(small_config(rank=4))
+    model = GPT(small_config(), layer_ranks=4)
     o = model.blocks[0].attn.o
     assert torch.count_nonzero(o.U) == 0 and torch.count_nonzero(o.V) > 0
     tokens = torch.randint(0, 97, (2, 24))
@@ -86,12 +87,13 @@ def test_invalid_rank_raises():
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"rank": 6}, {"rope_dims": 4}, {"num_kv_heads": 4}, {"unet_skips": False, "resid_mix": False},
+    [{}, {"ranks": 6}, {"rope_dims": 4}, {"num_kv_heads": 4}, {"unet_skips": False, "resid_mix": False},
      {"qk_norm": False, "logit_softcap": 0.0}, {"tie_embeddings": False}],
 )
 def test_kv_cache_decoding_matches_full_recompute(changes):
     torch.manual_seed(0)
-    model = GPT(small_config(**changes)).eval()
+    ranks = changes.pop("ranks", None)
+    model = GPT(small_config(**changes), layer_ranks=ranks).eval()
     with torch.no_grad():
         for parameter in model.parameters():  # non-zero everywhere so every path contributes
             parameter.add_(torch.randn_like(parameter) * 0.05)

@@ -35,7 +35,7 @@ def test_muon_step_with_nesterov_and_weight_decay():
 
 
 def test_every_parameter_is_in_exactly_one_group():
-    model = GPT(ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1, seq_len=8, rank=4, tie_embeddings=False))
+    model = GPT(ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1, seq_len=8, tie_embeddings=False), layer_ranks=4)
     groups = split_parameters(model)
     ids = [id(p) for group in groups.values() for p in group]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))

@@ -70,3 +70,24 @@ def test_bad_resize_requests():
         resize_layer(layer, 13, [optimizer])
     with pytest.raises(ValueError, match="only factorised"):
         resize_layer(FactorizedLinear(4, 4, rank=None), 2, [])
+
+
+def test_adam_moments_are_carried_first_exactly_second_non_negative():
+    torch.manual_seed(0)
+    layer = FactorizedLinear(16, 12, rank=6)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-3)
+    for _ in range(3):
+        layer(torch.randn(8, 16)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    old_u = layer.U
+    exp_avg = optimizer.state[old_u]["exp_avg"].clone()
+    resize_layer(layer, 6 + 2, [optimizer])  # growth: the first 6 components keep their moments verbatim
+    state = optimizer.state[layer.U]
+    torch.testing.assert_close(state["exp_avg"][:, :6], exp_avg)
+    assert state["exp_avg_sq"].shape == (12, 8) and bool((state["exp_avg_sq"] >= 0).all())
+    assert int(state["step"]) == 3
+    resize_layer(layer, 3, [optimizer])
+    assert optimizer.state[layer.V]["exp_avg_sq"].shape == (3, 16) and bool((optimizer.state[layer.V]["exp_avg_sq"] >= 0).all())
+    layer(torch.randn(8, 16)).square().sum().backward()
+    optimizer.step()

@@ -26,6 +26,12 @@ def step_losses(run_dir: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_events(run_dir / "train.jsonl") if e["event"] == "train_step"}
 
 
+def rank_events(run_dir: Path) -> list[dict]:
+    keep = ("rank_change", "rank_update")
+    drop = ("time", "seconds", "measure_seconds", "resize_seconds", "measure_fraction")
+    return [{k: v for k, v in e.items() if k not in drop} for e in read_events(run_dir / "train.jsonl") if e["event"] in keep]
+
+
 def test_run_directory_events_and_checkpoints(small_dataset, tmp_path):
     run_dir = tmp_path / "run"
     result = Trainer(tiny_config(small_dataset.root), run_dir, progress=False).run()
@@ -42,14 +48,26 @@ def test_run_directory_events_and_checkpoints(small_dataset, tmp_path):
     assert start["vocab_size"] == 384 and start["params"] > 0
     assert start["uniform_loss"] == pytest.approx(torch.log(torch.tensor(384.0)).item())
     last = load_checkpoint(run_dir / "last.pt")  # weights_only=True inside
-    assert last["step"] == 8 and set(last["ranks"].values()) == {None}
+    assert last["step"] == 8
+    updates = [e for e in events if e["event"] == "rank_update"]
+    assert [e["step"] for e in updates] == [3, 6]  # the tiny preset: every 3 steps from step 3
+    ranks = dict(start["layer_ranks"])
+    for change in (e for e in events if e["event"] == "rank_change"):
+        assert ranks[change["layer"]] == change["old_rank"]
+        ranks[change["layer"]] = change["new_rank"]
+    assert last["ranks"] == ranks  # the checkpoint's shapes are the logged ranks
     assert last["val"]["bpb"] == pytest.approx(result.final.bpb)
     evals = [e for e in events if e["event"] == "eval"]
     assert result.best_val_bpb == min(e["val_bpb"] for e in evals)
 
 
 def test_interrupted_and_resumed_run_matches_uninterrupted_run(small_dataset, tmp_path):
-    config = tiny_config(small_dataset.root, "model.rank=6", "train.ema_decay=0.9", "train.grad_clip=1.0")
+    # Rank updates at steps 2, 4 (just before the interruption), 6 and 8: resume must restore shapes, the
+    # controller's EMAs and power-iteration vectors, the projected optimizer state and the resized weight EMA.
+    config = tiny_config(
+        small_dataset.root, "rank.update_every=2", "rank.warmup_steps=2", "rank.safety_factor=1.2",
+        "train.ema_decay=0.9", "train.grad_clip=1.0",
+    )
     straight = tmp_path / "straight"
     Trainer(RunConfig.from_dict(config.to_dict()), straight, progress=False).run()
 
@@ -61,6 +79,9 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(small_dataset, tm
     resumed = Trainer(None, resume=interrupted / "last.pt", progress=False).run()
     assert resumed.steps == 8
     assert step_losses(interrupted) == step_losses(straight)  # bitwise: same batches, weights, optimizer state, EMA
+    changes = [e for e in read_events(straight / "train.jsonl") if e["event"] == "rank_change"]
+    assert {e["step"] for e in changes} >= {2, 6}  # resizes happened before and after the interruption
+    assert rank_events(interrupted) == rank_events(straight)
     assert resumed.final.bpb == load_checkpoint(straight / "last.pt")["val"]["bpb"]
 
 
@@ -96,7 +117,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_dataset,
 
 
 def test_factorised_training_reduces_loss(small_dataset, tmp_path):
-    config = tiny_config(small_dataset.root, "model.rank=8", "train.max_steps=30", "train.eval_every=30")
+    config = tiny_config(small_dataset.root, "rank.policy=fixed", "rank.init=8", "train.max_steps=30", "train.eval_every=30")
     result = Trainer(config, tmp_path / "run", progress=False).run()
     losses = step_losses(tmp_path / "run")
     assert sum(list(losses.values())[-5:]) / 5 < losses[1] - 0.5
