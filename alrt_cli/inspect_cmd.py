@@ -12,6 +12,8 @@ from rich.table import Table
 
 from alrt_core.model.gpt import PROJECTION_KINDS
 from alrt_core.reports.ranks import RankReport, rank_report
+from alrt_core.units import format_bytes
+from export.inspect import artifact_report
 
 app = typer.Typer(help="Inspect runs, checkpoints and artifacts.", no_args_is_help=True)
 
@@ -97,3 +99,34 @@ def ranks(
         console.print(_history_table(report))
     if plot is not None:
         console.print(f"plot written to {plot}")
+
+
+@app.command("artifact")
+def artifact(
+    path: Annotated[Path, typer.Argument(help="A .alrt artifact.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> None:
+    """The artifact's manifest summary and byte map (which tensors take how many compressed bytes)."""
+    report = artifact_report(path)
+    if as_json:
+        print(json.dumps(report))
+        return
+    console = Console(highlight=False)
+    model = report["config"]["model"]
+    source = report["source"]
+    console.print(f"[bold]{path}[/]: {format_bytes(report['file_bytes'])}, format v{report['format_version']}, "
+                  f"{report['compressor']} ({report['storage']} integers), checksums verified")
+    console.print(f"  model    {model['num_layers']}×{model['model_dim']}, heads {model['num_heads']}/{model['num_kv_heads']}, "
+                  f"vocab {model['vocab_size']}, context {model['seq_len']}; {report['params']:,} parameters")
+    folds = report["fold_counts"]
+    console.print(f"  ranks    {folds.get('keep', 0)} layers kept as U·V, {folds.get('fold', 0)} folded, {folds.get('dense', 0)} dense")
+    bpb = source.get("val_bpb")
+    console.print(f"  source   {source['checkpoint']} (step {source['step']}" + (f", val bpb {bpb:.4f}" if bpb else "") + ")")
+    table = Table(title="byte map (compressed bytes, estimated per entry)")
+    for column in ("entry", "scheme", "values", "bytes", "share"):
+        table.add_column(column, justify="left" if column in ("entry", "scheme") else "right")
+    for entry in report["entries"]:
+        table.add_row(entry["name"], entry["scheme"], f"{entry['values']:,}", f"{entry['bytes']:,}", f"{entry['share']:.1%}")
+    console.print(table)
+    sections = report["sections"]
+    console.print(f"header {sections['header']} B + manifest {sections['manifest']:,} B + payload {sections['payload']:,} B")

@@ -80,6 +80,7 @@ class TrainConfig:
     muon_momentum_warmup_steps: int = 300
     muon_ns_steps: int = 5
     weight_decay: float = 0.0  # decoupled, on matrices
+    factor_scaling: str = "none"  # Muon update scale of factors U, V: "none" | "aspect" (√(rows/cols), as dense)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
@@ -99,6 +100,8 @@ class TrainConfig:
             raise UserError(f"train.max_steps={self.max_steps} must be positive")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError(f"train.max_minutes={self.max_minutes} must be positive")
+        if self.factor_scaling not in ("aspect", "none"):
+            raise UserError(f"train.factor_scaling={self.factor_scaling!r} must be 'aspect' or 'none'")
         if self.autocast not in ("auto", "bf16", "off"):
             raise UserError(f"train.autocast={self.autocast!r} must be 'auto', 'bf16' or 'off'")
         if not 0.0 <= self.warmdown_frac <= 1.0:
@@ -123,7 +126,7 @@ class RankConfig:
     min_rank: int = 4
     warmup_steps: int = 100  # no rank change before this step
     update_every: int | None = None  # steps between updates; None = once per epoch, at most every 100 steps
-    safety_factor: float = 2.0  # stable: target = ceil(safety_factor · EMA of the stable rank)
+    safety_factor: float = 4.0  # stable: target = ceil(safety_factor · EMA of the stable rank)
     change_threshold: float = 0.1  # relative |target - rank| / rank below which a layer keeps its rank
     max_step: float = 0.5  # largest change per update as a fraction of the current rank
     ema_decay: float = 0.5  # weight of the previous estimate in the EMA

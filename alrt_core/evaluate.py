@@ -1,4 +1,4 @@
-"""Validation loss and exact bits per byte over non-overlapping windows of the trained context.
+"""Validation loss and exact bits per byte over windows of the trained context (the trainer's evaluation).
 
 bpb = Σ NLL / (ln 2 · Σ bytes): NLL summed in float64 over every scored token, bytes from the tokenizer's pieces
 (`Tokenizer.count_bytes`, the parameter-golf accounting) so that they add up to the UTF-8 length of the text.
@@ -16,7 +16,7 @@ import torch
 
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.model.gpt import GPT
-from alrt_core.precision import autocast_context
+from alrt_core.scoring import gather_scores, score_windows, sliding_windows, split_for_rank
 from alrt_core.training.distributed import DistributedContext
 
 
@@ -47,43 +47,22 @@ def evaluate(
     autocast: bool,
     max_tokens: int | None = None,
     dist_ctx: DistributedContext | None = None,
+    stride: int | None = None,
 ) -> EvalResult:
-    """Score every token of `tokens` (a BOS-separated stream) once, in windows of `seq_len`.
-
-    The first token is context only. Windows do not overlap; a shorter last window scores the remainder, so no
-    validation token is dropped.
-    """
+    """Score every token of `tokens` (a BOS-separated stream) once: non-overlapping windows of `seq_len`, or
+    sliding windows every `stride` tokens (see `scoring.sliding_windows`). The first token is context only."""
     usable = tokens.shape[0] - 1
     if max_tokens is not None:
         usable = min(usable, max_tokens)
     if usable < 1:
         raise ValueError("validation data needs at least two tokens")
-    windows = -(-usable // seq_len)
-    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx else (0, 1)
-    first, last = windows * rank // world, windows * (rank + 1) // world
-    sums = torch.zeros(3, dtype=torch.float64)  # nll, tokens, bytes
-    was_training = model.training
-    model.eval()
-    try:
-        start = first
-        while start < last:
-            # Full windows go in batches; the final partial window (if any) runs alone with its own length.
-            full_end = min(start + batch_sequences, last, usable // seq_len)
-            stop = full_end if full_end > start else start + 1
-            begin, end = start * seq_len, min(stop * seq_len, usable)
-            chunk = np.asarray(tokens[begin : end + 1], dtype=np.int64)
-            length = min(seq_len, end - begin)
-            inputs = torch.from_numpy(chunk[:-1].reshape(-1, length))
-            targets = torch.from_numpy(chunk[1:].reshape(-1, length))
-            with autocast_context(device, autocast):
-                nll = model(inputs.to(device), targets.to(device), reduction="sum")
-            sums[0] += float(nll)
-            sums[1] += targets.numel()
-            sums[2] += int(tokenizer.count_bytes(chunk[:-1], chunk[1:]))
-            start = stop
-    finally:
-        model.train(was_training)
-    if dist_ctx is not None and dist_ctx.enabled:
-        sums = dist_ctx.all_reduce(sums.to(dist_ctx.device)).cpu()
-    nll_sum, token_count, byte_count = float(sums[0]), int(sums[1]), int(sums[2])
-    return EvalResult(loss=nll_sum / token_count, bpb=bits_per_byte(nll_sum, byte_count), tokens=token_count, bytes=byte_count)
+    stream = np.asarray(tokens[: usable + 1])
+    windows = sliding_windows(usable, seq_len, stride or seq_len)
+    scores = gather_scores(
+        score_windows(model, stream, split_for_rank(windows, dist_ctx), batch_windows=batch_sequences,
+                      device=device, autocast=autocast),
+        dist_ctx,
+    )
+    nll_sum = float(scores["nll"].sum())
+    byte_count = int(tokenizer.count_bytes(stream[:-1], stream[1:]))
+    return EvalResult(loss=nll_sum / usable, bpb=bits_per_byte(nll_sum, byte_count), tokens=usable, bytes=byte_count)

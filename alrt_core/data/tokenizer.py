@@ -272,10 +272,14 @@ class Tokenizer:
         Over a stream `BOS doc1 BOS doc2 ...` (prev = stream[:-1], targets = stream[1:]) this equals the summed
         UTF-8 length of each document decoded on its own.
         """
+        return int(self.target_bytes(prev_ids, target_ids).sum(dtype=np.int64))
+
+    def target_bytes(self, prev_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+        """Per-token version of `count_bytes`: the UTF-8 bytes each target adds (int64, same shape)."""
         prev_ids, target_ids = np.asarray(prev_ids), np.asarray(target_ids)
         if prev_ids.shape != target_ids.shape:
             raise ValueError(f"prev_ids {prev_ids.shape} and target_ids {target_ids.shape} differ in shape")
         space = self.has_leading_space[target_ids]
         if self.drops_leading_space:
             space = space & ~self.is_boundary[prev_ids]
-        return int(self.base_bytes[target_ids].sum(dtype=np.int64)) + int(np.count_nonzero(space))
+        return self.base_bytes[target_ids].astype(np.int64) + space.astype(np.int64)

@@ -72,7 +72,10 @@ class Muon(torch.optim.Optimizer):
                     update = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                     update = orthogonalize(update, group["ns_steps"])
                     # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
-                    update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                    # For a thin factor U (m×r) that factor is √(m/r), which makes the product's update
+                    # dU·V + U·dV several times a dense matrix's; `aspect_scaling=False` leaves factors unscaled.
+                    if group.get("aspect_scaling", True):
+                        update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
                     flat[offset : offset + p.numel()] = update.flatten().float()
                 offset += p.numel()
             if world > 1:

@@ -23,8 +23,14 @@ def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
 def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimizer]:
     """Optimizers in a fixed order (their state dicts are saved as a list in that order)."""
     groups = split_parameters(model)
+    dense = [p for layer in model.projections().values() if not layer.is_factorized for p in layer.parameters()]
+    factors = [p for layer in model.projections().values() if layer.is_factorized for p in layer.parameters()]
+    # Two Muon groups, always both (a resize moves no parameter between them): dense matrices get Muon's
+    # aspect-ratio scaling; factors get `train.factor_scaling` (see Muon.step).
     muon = Muon(
-        groups["matrix"], lr=config.matrix_lr, momentum=config.muon_momentum,
+        [{"params": dense, "name": "dense", "aspect_scaling": True},
+         {"params": factors, "name": "factor", "aspect_scaling": config.factor_scaling == "aspect"}],
+        lr=config.matrix_lr, momentum=config.muon_momentum,
         ns_steps=config.muon_ns_steps, weight_decay=config.weight_decay,
     )
     adam_groups = [

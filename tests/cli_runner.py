@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def alrt(*args: str, env_extra: dict[str, str] | None = None, module: str = "alrt_cli") -> subprocess.CompletedProcess:

@@ -1,0 +1,161 @@
+"""`alrt quantize CKPT --budget 16MB`: the checkpoint as a `.alrt` artifact that never exceeds the budget."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from alrt_core.data.prepare import default_cache_dir, resolve_dataset
+from alrt_core.data.shards import read_shard
+from alrt_core.errors import UserError
+from alrt_core.evaluate import evaluate
+from alrt_core.units import format_bytes, parse_byte_size
+from export.artifact import write_artifact
+from export.loader import load_model
+from export.quantize import QuantizeOptions, QuantizeResult, quantize_checkpoint
+
+
+def _bit_overrides(items: list[str] | None) -> dict[str, int]:
+    overrides = {}
+    for item in items or []:
+        pattern, sep, bits = item.rpartition("=")
+        if not sep or not bits.isdigit():
+            raise UserError(f"--set-bits expects PATTERN=BITS, e.g. 'blocks.*.attn.q.*=5', got {item!r}")
+        overrides[pattern] = int(bits)
+    return overrides
+
+
+def _val_bpb(path: Path, seq_len: int, data: str | None) -> float:
+    loaded = load_model(path)
+    config = loaded.config
+    info = resolve_dataset(data or config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size, progress=False)
+    tokens = np.concatenate([np.asarray(read_shard(p)) for p in info.val_files])
+    result = evaluate(loaded.model, tokens, loaded.tokenizer, seq_len=seq_len, batch_sequences=8,
+                      device=torch.device("cpu"), autocast=False)
+    return result.bpb
+
+
+def _summary(result: QuantizeResult, budget: int | None) -> dict[str, Any]:
+    classes: dict[str, dict[str, Any]] = defaultdict(lambda: {"params": 0, "bytes": 0, "bits": set(), "clips": set(), "weighted_error": 0.0})
+    for t in result.tensors:
+        entry = classes[t.tensor_class]
+        entry["params"] += t.params
+        entry["bytes"] += t.bytes
+        entry["bits"].add("fp16" if t.bits is None else f"int{t.bits}")
+        if t.bits is not None:
+            entry["clips"].add("max" if t.clip is None else f"{t.clip:g}σ")
+            entry["weighted_error"] += (t.error or 0.0) * t.params
+    per_class = {}
+    for name, entry in sorted(classes.items()):
+        quantised_params = sum(t.params for t in result.tensors if t.tensor_class == name and t.bits is not None)
+        per_class[name] = {
+            "params": entry["params"], "bits": sorted(entry["bits"]), "clips": sorted(entry["clips"]),
+            "bytes": entry["bytes"],
+            "relative_error": entry["weighted_error"] / quantised_params if quantised_params else None,
+        }
+    total = result.total_bytes
+    return {
+        "artifact_bytes": len(result.data), "code_bytes": result.code_bytes, "total_bytes": total,
+        "budget": budget, "headroom": None if budget is None else budget - total,
+        "compressor": result.manifest["compressor"], "storage": result.manifest["storage"],
+        "classes": per_class, "fold": result.fold,
+        "actions": [{"action": a.action, "detail": a.detail, "size": a.size} for a in result.actions],
+        "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+    }
+
+
+def quantize(
+    checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt / best.pt).")],
+    budget: Annotated[str | None, typer.Option(help="Byte budget: 16MB (decimal, = 16,000,000), 15.5MB, 16MiB or a byte count.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Artifact path (default: model.alrt beside the checkpoint).")] = None,
+    bits: Annotated[int, typer.Option(help="Bits of the projection matrices (and factors).")] = 6,
+    embed_bits: Annotated[int, typer.Option(help="Bits of the token embedding (and an untied head).")] = 8,
+    set_bits: Annotated[list[str] | None, typer.Option("--set-bits", help="Bits by tensor-name pattern, e.g. 'blocks.0.*=8' (repeatable).")] = None,
+    method: Annotated[str, typer.Option(help="gptq (Hessian-aware) or rtn (round to nearest).")] = "gptq",
+    clip_search: Annotated[bool, typer.Option("--clip-search/--no-clip-search", help="Try several SDClip multipliers per matrix.")] = True,
+    calib_tokens: Annotated[int, typer.Option(help="Training tokens for the Hessians.")] = 32768,
+    compressor: Annotated[str, typer.Option(help="auto (smallest of all), brotli, zstd or lzma.")] = "auto",
+    storage: Annotated[str, typer.Option(help="auto, packed (dense bits) or bytes (one byte per value).")] = "auto",
+    count_code: Annotated[list[Path] | None, typer.Option("--count-code", help="Files or folders whose bytes count against the budget (repeatable).")] = None,
+    small_max: Annotated[int, typer.Option(help="Matrices with at most this many values stay fp16.")] = 4096,
+    data: Annotated[str | None, typer.Option(help="Calibration/eval data (default: the run's).")] = None,
+    run_eval: Annotated[bool, typer.Option("--eval", help="Validation bpb of the checkpoint and of the artifact (the quant gap).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> None:
+    """Fold or keep factors, GPTQ with clip search, pack, compress, and fit the byte budget — never over it."""
+    budget_bytes = parse_byte_size(budget) if budget is not None else None
+    if compressor not in ("auto", "brotli", "zstd", "lzma"):
+        raise UserError(f"--compressor must be auto, brotli, zstd or lzma, got {compressor!r}")
+    options = QuantizeOptions(
+        bits=bits, embed_bits=embed_bits, method=method, clip_search=clip_search, calib_tokens=calib_tokens,
+        compressor=compressor, storage=storage, budget=budget_bytes, count_code=list(count_code or []),
+        bit_overrides=_bit_overrides(set_bits), small_max=small_max, data=data,
+    )
+    out_path = out or checkpoint.parent / "model.alrt"
+    console = Console(highlight=False, stderr=as_json)
+    show_progress = console.is_terminal and not as_json
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not show_progress)
+    tasks: dict[str, Any] = {}
+
+    def on_progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=total)
+        progress.update(tasks[phase], completed=done)
+
+    with progress:
+        result = quantize_checkpoint(checkpoint, options, on_progress=on_progress)
+    if budget_bytes is not None and result.total_bytes > budget_bytes:  # fit_to_budget guarantees this; never write over
+        raise UserError(f"internal check failed: {result.total_bytes:,} bytes over the {budget_bytes:,} budget; nothing written")
+    write_artifact(out_path, result.data)
+    summary = {"artifact": str(out_path), **_summary(result, budget_bytes)}
+    if run_eval:
+        seq_len = result.manifest["config"]["model"]["seq_len"]
+        before, after = _val_bpb(checkpoint, seq_len, data), _val_bpb(out_path, seq_len, data)
+        summary["eval"] = {"checkpoint_bpb": before, "artifact_bpb": after, "quant_gap": after - before}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    _render(console, summary)
+
+
+def _render(console: Console, s: dict[str, Any]) -> None:
+    table = Table(title=f"quantised → {s['artifact']}")
+    for column in ("class", "params", "bits", "clip", "bytes", "rel. error"):
+        table.add_column(column, justify="left" if column in ("class", "bits", "clip") else "right")
+    for name, c in s["classes"].items():
+        error = "-" if c["relative_error"] is None else f"{c['relative_error']:.2e}"
+        table.add_row(name, f"{c['params']:,}", ", ".join(c["bits"]), ", ".join(c["clips"]) or "-", f"{c['bytes']:,}", error)
+    console.print(table)
+    by_decision: dict[str, Counter[str]] = defaultdict(Counter)
+    for layer, decision in s["fold"].items():
+        by_decision[decision][layer.rsplit(".", 1)[-1]] += 1
+    parts = []
+    for decision, label in (("keep", "kept as U·V"), ("fold", "folded to dense (smaller)"), ("dense", "trained dense")):
+        if by_decision[decision]:
+            kinds = ", ".join(f"{kind} ×{count}" for kind, count in by_decision[decision].items())
+            parts.append(f"{label}: {kinds}")
+    console.print("layers — " + "; ".join(parts))
+    for action in s["actions"]:
+        console.print(f"fit: {action['action']}: {action['detail']} → {action['size']:,} bytes")
+    line = f"{s['compressor']} ({s['storage']} integers): {format_bytes(s['total_bytes'])}"
+    if s["code_bytes"]:
+        line += f" including {s['code_bytes']:,} bytes of counted code"
+    if s["budget"] is not None:
+        line += f"; budget {format_bytes(s['budget'])}, headroom {s['headroom']:,} bytes"
+    console.print(line)
+    if "eval" in s:
+        e = s["eval"]
+        console.print(f"val bpb: checkpoint {e['checkpoint_bpb']:.4f} → artifact {e['artifact_bpb']:.4f} "
+                      f"(quant gap {e['quant_gap']:+.4f})")
+    console.print(f"[dim]took {s['seconds']['total']:.1f} s (calibration {s['seconds']['calibrate']:.1f} s, "
+                  f"GPTQ {s['seconds']['quantize']:.1f} s, fitting {s['seconds']['fit']:.1f} s)[/]")

@@ -1,0 +1,66 @@
+"""The one loader: a training checkpoint or a `.alrt` artifact to a ready model, its tokenizer and config.
+
+Evaluation, generation, serving and ONNX export all go through `load_model`, so they run exactly the weights the
+artifact holds (dequantised) or the checkpoint's (its EMA when the run kept one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alrt_core.config import RunConfig
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.errors import UserError
+from alrt_core.model.gpt import GPT
+from export.artifact import is_artifact, read_artifact
+from export.compress import decompress
+from export.payload import decode_payload
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: Tokenizer
+    config: RunConfig
+    kind: str  # "artifact" | "checkpoint"
+    source: Path
+    manifest: dict[str, Any] | None = None
+
+
+def load_artifact_weights(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], bytes]:
+    """(manifest, dequantised float32 tensors by state-dict name, tokenizer bytes), every checksum verified."""
+    manifest, payload = read_artifact(path)
+    try:
+        raw = decompress(payload, manifest["compressor"])
+        tensors, tokenizer = decode_payload(raw, manifest["tensors"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise UserError(f"{path}: corrupt artifact payload ({type(error).__name__})") from None
+    return manifest, tensors, tokenizer
+
+
+def load_model(path: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such model file: {path}")
+    if is_artifact(path):
+        manifest, tensors, tokenizer_bytes = load_artifact_weights(path)
+        config = RunConfig.from_dict(manifest["config"])
+        model = GPT(config.model, layer_ranks=manifest["ranks"])
+        expected = model.state_dict()
+        missing = [name for name in expected if name not in tensors and expected[name].is_floating_point()]
+        if missing:
+            raise UserError(f"{path}: artifact lacks tensors {missing[:3]} for its own config")
+        model.load_state_dict({name: tensors[name].to(expected[name].dtype) for name in expected})
+        tokenizer = Tokenizer.from_bytes(tokenizer_bytes, source=str(path))
+        loaded = LoadedModel(model, tokenizer, config, "artifact", path, manifest)
+    else:
+        from export.quantize import load_for_export, run_tokenizer
+
+        _, config, model = load_for_export(path)
+        loaded = LoadedModel(model, run_tokenizer(path, config), config, "checkpoint", path)
+    loaded.model = loaded.model.to(device=device, dtype=dtype).eval()
+    return loaded

@@ -1,0 +1,323 @@
+"""`alrt quantize`: a training checkpoint to a `.alrt` artifact that fits a byte budget.
+
+Pipeline: load (EMA weights when the run kept them) → fold or keep each factorised layer by packed bytes →
+Hessians from training batches → GPTQ with clip search per matrix (int6 projections, int8 embedding) → fp16 small
+tensors → payload (packed or byte-stored integers, whichever compresses smaller) → brotli/zstd/lzma → fit the
+budget (fewer bits on the least sensitive tensors, then ±1 pruning) → one atomic write, never over budget.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from alrt_core.config import RunConfig
+from alrt_core.data.prepare import default_cache_dir, resolve_dataset
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.errors import UserError
+from alrt_core.model.gpt import GPT
+from alrt_core.training.batches import TrainBatches
+from alrt_core.training.checkpoint import load_checkpoint
+from export.artifact import encode_artifact
+from export.budget_fit import FitAction, MatrixPlan, fit_to_budget
+from export.calibration import HEAD_INPUT, collect_hessians
+from export.compress import compress, compress_best
+from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
+from export.payload import STORAGES, TOKENIZER_ENTRY, encode_payload
+
+ARTIFACT_FORMAT = "alrt-artifact"
+EMBED_CLIP_CANDIDATES: tuple[float | None, ...] = (8.0, 12.0, 16.0, 20.0, None)
+MIN_MATRIX_BITS = 4
+MIN_EMBED_BITS = 5
+CALIBRATION_SEED_OFFSET = 7919  # calibration batches differ from the training order's first batches
+
+
+@dataclass
+class QuantizeOptions:
+    bits: int = 6  # projection matrices (dense, folded, or each factor)
+    embed_bits: int = 8  # token embedding and an untied head
+    method: str = "gptq"  # gptq | rtn (round to nearest, for comparison)
+    clip_search: bool = True  # try several SDClip multipliers per matrix; off = the single default multiplier
+    calib_tokens: int = 32768
+    compressor: str = "auto"  # auto | brotli | zstd | lzma
+    storage: str = "auto"  # auto | packed | bytes
+    budget: int | None = None  # bytes (artifact + counted code); None = no budget
+    count_code: list[Path] = field(default_factory=list)
+    bit_overrides: dict[str, int] = field(default_factory=dict)  # fnmatch pattern on tensor names -> bits
+    small_max: int = 4096  # tensors other than projections/embedding, or any with at most this many values: fp16
+    data: str | None = None  # calibration data (default: the run's training data)
+
+
+@dataclass
+class TensorReport:
+    name: str
+    tensor_class: str
+    params: int
+    bits: int | None  # None: fp16
+    clip: float | None
+    raw_bytes: int
+    bytes: float  # estimated share of the compressed payload
+    error: float | None  # Hessian-weighted relative error
+
+
+@dataclass
+class QuantizeResult:
+    data: bytes  # the whole artifact file
+    manifest: dict[str, Any]
+    tensors: list[TensorReport]
+    fold: dict[str, str]
+    actions: list[FitAction]
+    code_bytes: int
+    seconds: dict[str, float]
+    quantized: dict[str, QuantizedMatrix]
+    passthrough: dict[str, Tensor]
+
+    def dequantized_state(self) -> dict[str, Tensor]:
+        """The weights the artifact holds, as the quantiser made them (for checks against the loader)."""
+        state = {name: matrix.dequantize() for name, matrix in self.quantized.items()}
+        state.update({name: tensor.detach().half().float() for name, tensor in self.passthrough.items()})
+        return state
+
+    @property
+    def total_bytes(self) -> int:
+        return len(self.data) + self.code_bytes
+
+
+def tensor_class(name: str) -> str:
+    if name.startswith("embed.") or name.startswith("head."):
+        return "embed" if name.startswith("embed.") else "head"
+    if ".attn." in name and name.rsplit(".", 2)[-2] in ("q", "k", "v", "o"):
+        return "attn"
+    if ".mlp." in name:
+        return "mlp"
+    return "small"
+
+
+def fold_decision(rank: int, out_features: int, in_features: int, bits: int) -> str:
+    """`keep` factors when r·(m+n) values plus m+r row scales pack smaller than m·n values plus m scales."""
+    factors = rank * (out_features + in_features) * bits / 8 + (out_features + rank) * 2
+    dense = out_features * in_features * bits / 8 + out_features * 2
+    return "keep" if factors < dense else "fold"
+
+
+def load_for_export(checkpoint_path: Path) -> tuple[dict[str, Any], RunConfig, GPT]:
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = RunConfig.from_dict(checkpoint["config"])
+    model = GPT(config.model, layer_ranks=checkpoint["ranks"])
+    weights = checkpoint.get("ema") or checkpoint["model"]  # the EMA is what the run evaluated and saved as best
+    model.load_state_dict({name: value.float() for name, value in weights.items()})
+    return checkpoint, config, model.eval()
+
+
+def run_tokenizer(checkpoint_path: Path, config: RunConfig) -> Tokenizer:
+    beside = checkpoint_path.parent / "tokenizer.model"
+    if beside.is_file():
+        return Tokenizer.load(beside)
+    info = resolve_dataset(config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size, progress=False)
+    return Tokenizer.load(info.tokenizer_path)
+
+
+def _bits_for(name: str, default: int, overrides: dict[str, int]) -> int:
+    for pattern, bits in overrides.items():
+        if fnmatch.fnmatch(name, pattern):
+            return bits
+    return default
+
+
+def quantize_checkpoint(
+    checkpoint_path: Path, options: QuantizeOptions, on_progress: Callable[[str, int, int], None] | None = None,
+) -> QuantizeResult:
+    """Build the artifact bytes (not written: the caller writes them only when they fit)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    if options.method not in ("gptq", "rtn"):
+        raise UserError(f"--method must be gptq or rtn, got {options.method!r}")
+    if options.storage not in ("auto", *STORAGES):
+        raise UserError(f"--storage must be auto, packed or bytes, got {options.storage!r}")
+    for bits in (options.bits, options.embed_bits, *options.bit_overrides.values()):
+        if not 2 <= bits <= 8:
+            raise UserError(f"bit widths must be between 2 and 8, got {bits}")
+    checkpoint, config, model = load_for_export(checkpoint_path)
+    tokenizer = run_tokenizer(checkpoint_path, config)
+    if tokenizer.vocab_size != config.model.vocab_size:
+        raise UserError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the model's {config.model.vocab_size}")
+    code_bytes = sum(_code_size(path) for path in options.count_code)
+
+    # Calibration: training data only.
+    info = resolve_dataset(options.data or config.data.path, config.data.tokenizer, default_cache_dir(),
+                           config.data.vocab_size, progress=False)
+    batches = TrainBatches(info.train_files, config.model.seq_len, config.train.seed + CALIBRATION_SEED_OFFSET)
+    hessian_sums, used = collect_hessians(
+        model, batches, options.calib_tokens,
+        on_progress=(lambda done, total: on_progress("calibrate", done, total)) if on_progress else None,
+    )
+    hessians = {name: h / used for name, h in hessian_sums.items()}
+    timings["calibrate"] = time.perf_counter() - started
+
+    plans, passthrough, fold, ranks = _plan(model, hessians, options)
+    clips_for = {"embed": EMBED_CLIP_CANDIDATES, "head": EMBED_CLIP_CANDIDATES}
+
+    def requantize(plan: MatrixPlan, bits: int) -> QuantizedMatrix:
+        clips = clips_for.get(plan.tensor_class, DEFAULT_CLIP_CANDIDATES)
+        if not options.clip_search:
+            clips = (clips[len(clips) // 2],)
+        return quantize_matrix(plan.weight, plan.hessian, bits, clips=clips, method=options.method)
+
+    quant_start = time.perf_counter()
+    quantized: dict[str, QuantizedMatrix] = {}
+    for index, (name, plan) in enumerate(plans.items()):
+        if name.endswith(".U"):
+            # U sees V·x: its Hessian is V̂ H V̂ᵀ with V as stored (quantised, or fp16 when small), so U absorbs
+            # V's error.
+            v_name = f"{name[:-2]}.V"
+            v_hat = (quantized[v_name].dequantize() if v_name in quantized else passthrough[v_name].half().float()).double()
+            plan.hessian = (v_hat @ plan.hessian.double() @ v_hat.T).float()
+        quantized[name] = requantize(plan, plan.bits)
+        if on_progress:
+            on_progress("quantize", index + 1, len(plans))
+    timings["quantize"] = time.perf_counter() - quant_start
+
+    tokenizer_bytes = tokenizer.model_bytes()
+    storage = options.storage
+    if storage == "auto":
+        # Which integer layout compresses smaller, measured with a fast compressor.
+        storage = min(STORAGES, key=lambda s: len(compress(encode_payload(quantized, passthrough, tokenizer_bytes, s)[0], "zstd")))
+    compress_start = time.perf_counter()
+    raw, _, _ = encode_payload(quantized, passthrough, tokenizer_bytes, storage)
+    compressor, _ = compress_best(raw, options.compressor)
+    timings["compress_choice"] = time.perf_counter() - compress_start
+
+    base_manifest = {
+        "format": ARTIFACT_FORMAT,
+        "config": config.to_dict(),
+        "ranks": ranks,
+        "fold": fold,
+        "compressor": compressor,
+        "storage": storage,
+        "tokenizer_sha256": _sha256(tokenizer_bytes),
+        "source": {"checkpoint": str(checkpoint_path), "step": checkpoint["step"],
+                   "val_bpb": checkpoint.get("val", {}).get("bpb"), "ema": checkpoint.get("ema") is not None},
+        "calibration": {"tokens": used, "data": options.data or config.data.path or "embedded"},
+        "quantizer": {"method": options.method, "bits": options.bits, "embed_bits": options.embed_bits,
+                      "clip_search": options.clip_search},
+    }
+
+    compressibility = _compressibility(quantized, passthrough, tokenizer_bytes)
+
+    def build(current: dict[str, QuantizedMatrix]) -> tuple[bytes, dict[str, Any]]:
+        raw_payload, schemes, sizes = encode_payload(current, passthrough, tokenizer_bytes, storage)
+        payload = compress(raw_payload, compressor)
+        # The byte map: each entry's estimated share of the compressed payload (they add up to its size).
+        weights = {name: size * compressibility[name] for name, size in sizes.items()}
+        total_weight = max(sum(weights.values()), 1e-9)
+        byte_map = {name: round(len(payload) * weight / total_weight) for name, weight in weights.items()}
+        manifest = {**base_manifest, "tensors": schemes, "raw_bytes": sizes, "byte_map": byte_map}
+        return encode_artifact(manifest, payload), manifest
+
+    def measure(current: dict[str, QuantizedMatrix]) -> int:
+        return len(build(current)[0]) + code_bytes
+
+    actions: list[FitAction] = []
+    fit_start = time.perf_counter()
+    if options.budget is not None:
+        quantized, actions, size, fits = fit_to_budget(plans, quantized, measure, options.budget, requantize)
+        if not fits:
+            raise UserError(
+                f"cannot fit {options.budget:,} bytes: the smallest artifact reachable is {size:,} bytes "
+                f"(lower --bits/--embed-bits, use a smaller model or raise the budget)"
+            )
+    timings["fit"] = time.perf_counter() - fit_start
+    data, manifest = build(quantized)
+    timings["total"] = time.perf_counter() - started
+    reports = _reports(quantized, passthrough, manifest)
+    return QuantizeResult(data, manifest, reports, fold, actions, code_bytes, timings, quantized, passthrough)
+
+
+def _plan(
+    model: GPT, hessians: dict[str, Tensor], options: QuantizeOptions,
+) -> tuple[dict[str, MatrixPlan], dict[str, Tensor], dict[str, str], dict[str, int | None]]:
+    """Which tensors are quantised (and how), which pass through as fp16, and each layer's fold decision."""
+    plans: dict[str, MatrixPlan] = {}
+    fold: dict[str, str] = {}
+    ranks: dict[str, int | None] = {}
+    handled: set[str] = set()
+    for name, layer in model.projections().items():
+        bits = _bits_for(f"{name}.*", options.bits, options.bit_overrides)
+        h = hessians[name]
+        if layer.is_factorized:
+            assert layer.U is not None and layer.V is not None and layer.rank is not None
+            fold[name] = fold_decision(layer.rank, layer.out_features, layer.in_features, bits)
+            handled |= {f"{name}.U", f"{name}.V"}
+            if fold[name] == "keep":
+                ranks[name] = layer.rank
+                plans[f"{name}.V"] = MatrixPlan(f"{name}.V", layer.V.detach().float(), h, bits, MIN_MATRIX_BITS, tensor_class(name + ".V"))
+                # U's Hessian is filled in once V is quantised (see quantize_checkpoint).
+                plans[f"{name}.U"] = MatrixPlan(f"{name}.U", layer.U.detach().float(), h.clone(), bits, MIN_MATRIX_BITS, tensor_class(name + ".U"))
+                continue
+        else:
+            fold[name] = "dense"
+            handled.add(f"{name}.weight")
+        ranks[name] = None
+        plans[f"{name}.weight"] = MatrixPlan(
+            f"{name}.weight", layer.effective_weight().detach().float(), h, bits, MIN_MATRIX_BITS, tensor_class(f"{name}.weight"),
+        )
+    head_h = hessians[HEAD_INPUT]
+    for name in ("embed.weight", "head.weight"):
+        module = model.head if name.startswith("head.") else model.embed
+        if module is None:
+            continue
+        bits = _bits_for(name, options.embed_bits, options.bit_overrides)
+        plans[name] = MatrixPlan(name, module.weight.detach().float(), head_h, bits, MIN_EMBED_BITS, tensor_class(name))
+        handled.add(name)
+    passthrough = {
+        name: value for name, value in model.state_dict().items() if name not in handled and value.is_floating_point()
+    }
+    small = [name for name, plan in plans.items() if plan.weight.numel() <= options.small_max]
+    for name in small:  # tiny matrices are not worth their scales
+        passthrough[name] = plans.pop(name).weight
+    return plans, passthrough, fold, ranks
+
+
+def _compressibility(
+    quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes,
+) -> dict[str, float]:
+    """Compressed-to-raw ratio of each payload entry on its own (zstd), measured once on the first pass."""
+    ratios: dict[str, float] = {}
+    for name, matrix in quantized.items():
+        raw = matrix.q.numpy().tobytes()
+        ratios[name] = (len(compress(raw, "zstd")) + 2 * matrix.scale.numel()) / (len(raw) + 2 * matrix.scale.numel())
+    for name, tensor in passthrough.items():
+        raw = tensor.detach().half().numpy().tobytes()
+        ratios[name] = len(compress(raw, "zstd")) / max(len(raw), 1)
+    ratios[TOKENIZER_ENTRY] = len(compress(tokenizer, "zstd")) / max(len(tokenizer), 1)
+    return ratios
+
+
+def _reports(quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], manifest: dict[str, Any]) -> list[TensorReport]:
+    reports = []
+    for name, matrix in quantized.items():
+        reports.append(TensorReport(name, tensor_class(name), matrix.q.numel(), matrix.bits, matrix.clip,
+                                    manifest["raw_bytes"][name], manifest["byte_map"][name], matrix.error))
+    for name, tensor in passthrough.items():
+        reports.append(TensorReport(name, tensor_class(name), tensor.numel(), None, None,
+                                    manifest["raw_bytes"][name], manifest["byte_map"][name], None))
+    return reports
+
+
+def _code_size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    if not path.is_file():
+        raise UserError(f"--count-code: no such file or folder: {path}")
+    return path.stat().st_size
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
