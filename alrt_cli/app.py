@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from alrt_cli import data_cmd, inspect_cmd, quantize_cmd, train_cmd
+from alrt_cli import data_cmd, eval_cmd, generate_cmd, inspect_cmd, quantize_cmd, train_cmd
 from alrt_core.errors import UserError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("quantize")(quantize_cmd.quantize)
+app.command("eval")(eval_cmd.evaluate_command)
+app.command("generate")(generate_cmd.generate)
 app.add_typer(inspect_cmd.app, name="inspect")
 
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -91,31 +91,32 @@ def score_windows(
         index = 0
         with torch.no_grad():
             while index < len(windows):
-                length = windows[index].length
+                # Windows of one length and one scored offset go together; only scored positions get logits.
+                length, skip = windows[index].length, windows[index].score_from
                 batch = [windows[index]]
                 while index + len(batch) < len(windows) and len(batch) < batch_windows \
-                        and windows[index + len(batch)].length == length:
+                        and (windows[index + len(batch)].length, windows[index + len(batch)].score_from) == (length, skip):
                     batch.append(windows[index + len(batch)])
                 rows = np.stack([np.asarray(tokens[w.begin : w.begin + length + 1], dtype=np.int64) for w in batch])
                 inputs = torch.from_numpy(rows[:, :-1]).to(device)
-                targets = torch.from_numpy(rows[:, 1:]).to(device)
+                targets = torch.from_numpy(rows[:, 1 + skip :]).to(device)
                 with autocast_context(device, autocast):
-                    logits = model(inputs)
+                    logits = model(inputs, logits_from=skip)
                 log_probs = F.log_softmax(logits.float(), dim=-1)
                 token_nll = -log_probs.gather(-1, targets[..., None]).squeeze(-1).double().cpu().numpy()
                 if reference is not None:
                     with autocast_context(device, autocast):
-                        ref_log_probs = F.log_softmax(reference(inputs).float(), dim=-1)
+                        ref_log_probs = F.log_softmax(reference(inputs, logits_from=skip).float(), dim=-1)
                     kl = (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum(-1).double().cpu().numpy()
                     agree = (ref_log_probs.argmax(-1) == log_probs.argmax(-1)).double().cpu().numpy()
                     ref_nll = -ref_log_probs.gather(-1, targets[..., None]).squeeze(-1).double().cpu().numpy()
                 for row, window in enumerate(batch):
                     span = slice(window.first_target - 1, window.end)
-                    nll[span] = token_nll[row, window.score_from :]
+                    nll[span] = token_nll[row]
                     if reference is not None:
-                        extra["kl"][span] = kl[row, window.score_from :]
-                        extra["agree"][span] = agree[row, window.score_from :]
-                        extra["reference_nll"][span] = ref_nll[row, window.score_from :]
+                        extra["kl"][span] = kl[row]
+                        extra["agree"][span] = agree[row]
+                        extra["reference_nll"][span] = ref_nll[row]
                 index += len(batch)
                 if on_progress is not None:
                     on_progress(sum(w.length - w.score_from for w in batch))
@@ -152,13 +153,16 @@ class BpbSummary:
         return math.exp(self.loss)
 
 
-def summarize(nll: np.ndarray, target_bytes: np.ndarray, targets: np.ndarray, bos_id: int, block_tokens: int = 4096) -> BpbSummary:
+def summarize(
+    nll: np.ndarray, target_bytes: np.ndarray, targets: np.ndarray, bos_id: int, *, min_documents: int = 10,
+) -> BpbSummary:
     """bpb = Σ nll / (ln 2 · Σ bytes), with the standard error of that ratio over documents (split where the
-    target is BOS) when there are at least 10 of them, else over blocks of `block_tokens` targets."""
+    target is BOS) when there are at least `min_documents`, else over blocks of min(4096, N/20) targets."""
     total_nll, total_bytes = float(nll.sum()), int(target_bytes.sum())
     starts = np.flatnonzero(targets == bos_id)
     unit_name = "documents"
-    if starts.size + 1 < 10:
+    if starts.size + 1 < min_documents:
+        block_tokens = max(1, min(4096, nll.shape[0] // 20))
         starts = np.arange(block_tokens, nll.shape[0], block_tokens)
         unit_name = f"blocks of {block_tokens} tokens"
     bounds = np.concatenate(([0], starts[starts > 0], [nll.shape[0]]))

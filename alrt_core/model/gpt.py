@@ -175,8 +175,12 @@ class GPT(nn.Module):
         *,
         cache: KVCache | None = None,
         reduction: str = "mean",
+        logits_from: int = 0,
     ) -> Tensor:
-        """Logits (batch, time, vocab) without targets; the cross-entropy (mean, sum or per token) with them."""
+        """Logits (batch, time, vocab) without targets; the cross-entropy (mean, sum or per token) with them.
+
+        `logits_from=k` computes logits only for positions k.. (the head is skipped for context-only positions,
+        as in sliding-window scoring); targets then cover those positions only."""
         x = rms_norm(self.embed(input_ids))
         x0 = x
         skips: list[Tensor] = []
@@ -190,7 +194,7 @@ class GPT(nn.Module):
             x = block(x, x0, index, cache)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        x = rms_norm(x)
+        x = rms_norm(x[:, logits_from:] if logits_from else x)
         logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
         cap = self.config.logit_softcap
         if cap > 0:

@@ -1,0 +1,1 @@
+"""Running a model: KV-cached decoding and sampling, chat sessions, and the HTTP server."""

@@ -1,0 +1,162 @@
+"""KV-cached generation from a loaded model: prefill the prompt once, then one token per forward pass.
+
+Text streams out as it becomes final: the decoded text of all generated tokens is recomputed and only the new,
+complete part is emitted (a multi-byte character split over byte-fallback tokens appears once it is whole).
+When the context is full, generation stops with `stop_reason="context_full"`, or with `sliding_context=True` the
+oldest half of the context is dropped and the rest re-prefilled (documented cost: one prefill per slide).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.model.gpt import GPT
+from alrt_core.model.kv_cache import KVCache
+from serve.sampling import SamplingConfig, next_token
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    time_to_first_token: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+    slides: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+@dataclass
+class Generation:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class Session:
+    """A model with its own KV cache holding a token history (the prompt so far, and what was generated)."""
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device = model.embed.weight.device
+        self.context = model.config.seq_len
+        self.cache: KVCache = model.new_cache(batch_size=1, dtype=dtype)
+        self.history: list[int] = []  # every token whose keys/values are in the cache
+
+    def reset(self) -> None:
+        self.cache.truncate(0)
+        self.history = []
+
+    def truncate(self, length: int) -> None:
+        self.cache.truncate(length)
+        self.history = self.history[:length]
+
+    @torch.no_grad()
+    def feed(self, ids: list[int]) -> torch.Tensor:
+        """Run `ids` through the model after the cached history; the logits of the last position."""
+        if not ids:
+            raise ValueError("nothing to feed")
+        if len(ids) > self.cache.remaining:
+            raise ValueError(f"{len(ids)} tokens do not fit the {self.cache.remaining} left in the context")
+        inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
+        logits = self.model(inputs, cache=self.cache, logits_from=len(ids) - 1)
+        self.history += ids
+        return logits[0, -1]
+
+    def slide(self, keep: int) -> torch.Tensor:
+        """Keep the last `keep` tokens of history (re-prefilled) and return the last position's logits."""
+        kept = self.history[-keep:]
+        self.reset()
+        return self.feed(kept)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        stop: tuple[str, ...] = (),
+        sliding_context: bool = False,
+        on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generation:
+        """Append `prompt_ids` to the history and generate up to `max_new_tokens`, streaming text to `on_text`."""
+        result = Generation()
+        stats = result.stats
+        stats.prompt_tokens = len(prompt_ids)
+        generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+        started = time.perf_counter()
+        if len(prompt_ids) > self.cache.remaining:
+            if not sliding_context or len(prompt_ids) >= self.context:
+                stats.stop_reason = "context_full"
+                return result
+            keep = (self.context - len(prompt_ids)) // 2  # half of the room the prompt leaves, for history
+            kept = self.history[len(self.history) - keep :] if keep else []
+            self.reset()
+            prompt_ids = kept + prompt_ids
+            stats.slides += 1
+        logits = self.feed(prompt_ids) if prompt_ids else self.feed([self.tokenizer.bos_id])
+        stats.time_to_first_token = time.perf_counter() - started
+        emitted = ""
+        decode_started = time.perf_counter()
+        for token in self._tokens(logits, max_new_tokens, sampling, generator, sliding_context, stats, should_stop):
+            result.token_ids.append(token)
+            text = self.tokenizer.decode(result.token_ids)
+            stop_at = _first_stop(text, stop, len(emitted))
+            if stop_at is not None:
+                text = text[:stop_at]
+                stats.stop_reason = "stop_string"
+            # Hold back a trailing replacement character: it is usually half of a multi-byte character.
+            final = text.rstrip("\ufffd") if stop_at is None else text
+            if len(final) > len(emitted) and on_text is not None:
+                on_text(final[len(emitted) :])
+            emitted = max(emitted, final, key=len)
+            if stop_at is not None:
+                break
+        stats.new_tokens = len(result.token_ids)
+        stats.decode_seconds = time.perf_counter() - decode_started
+        stats.stop_reason = stats.stop_reason or "max_new_tokens"
+        result.text = emitted if stats.stop_reason == "stop_string" else self.tokenizer.decode(result.token_ids)
+        if on_text is not None and len(result.text) > len(emitted):
+            on_text(result.text[len(emitted) :])
+        return result
+
+    def _tokens(
+        self, logits: torch.Tensor, budget: int, sampling: SamplingConfig, generator: torch.Generator | None,
+        sliding_context: bool, stats: GenerationStats, should_stop: Callable[[], bool] | None,
+    ) -> Iterator[int]:
+        for _ in range(budget):
+            if should_stop is not None and should_stop():
+                stats.stop_reason = "interrupted"
+                return
+            context = torch.tensor(self.history[-self.context :], dtype=torch.long, device=logits.device)
+            token = next_token(logits, context, sampling, generator)
+            yield token
+            if token == self.tokenizer.eos_id:
+                stats.stop_reason = "eos"
+                return
+            if self.cache.remaining == 0:
+                if not sliding_context:
+                    stats.stop_reason = "context_full"
+                    return
+                logits = self.slide(self.context // 2)
+                stats.slides += 1
+            logits = self.feed([token])
+
+
+def _first_stop(text: str, stops: tuple[str, ...], search_from: int) -> int | None:
+    """Index where the earliest stop string starts (searching from a little before the already emitted text)."""
+    positions = []
+    for stop in stops:
+        index = text.find(stop, max(0, search_from - len(stop)))
+        if index >= 0:
+            positions.append(index)
+    return min(positions) if positions else None
