@@ -20,6 +20,9 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/alrt train --preset cpu --max-minutes $(DEMO_MINUTES) --out-dir $(DEMO_DIR)
+	$(BIN)/alrt quantize $(DEMO_DIR)/best.pt --budget 16MB --out $(DEMO_DIR)/model.alrt --eval
+	$(BIN)/alrt eval $(DEMO_DIR)/model.alrt --sliding --stride 64
+	$(BIN)/alrt generate $(DEMO_DIR)/model.alrt --prompt "ROMEO." --max-new-tokens 120 --seed 0
 
 test: install
 	$(BIN)/python -m pytest
