@@ -9,7 +9,7 @@ context would overflow, the oldest turns are dropped and the remaining ones re-p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from serve.generation import Generation, Session
 from serve.sampling import SamplingConfig
@@ -78,8 +78,12 @@ class ChatSession:
                 self.dropped_turns += 1
             self._rebuild(kept)
         start = len(self.session.history)
+        sampling = self.sampling
+        if sampling.seed is not None:
+            # Reproducible per conversation, but each turn draws its own stream (else every reply starts alike).
+            sampling = replace(sampling, seed=sampling.seed + len(self.turns))
         generation = self.session.generate(
-            prompt, max_new_tokens=self.max_new_tokens, sampling=self.sampling, stop=(self.template.turn_end,),
+            prompt, max_new_tokens=self.max_new_tokens, sampling=sampling, stop=(self.template.turn_end,),
             on_text=on_text, should_stop=should_stop,
         )
         reply = generation.text.strip("\n")
