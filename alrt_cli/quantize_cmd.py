@@ -7,17 +7,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from alrt_core.data.prepare import default_cache_dir, resolve_dataset
-from alrt_core.data.shards import read_shard
 from alrt_core.errors import UserError
-from alrt_core.evaluate import evaluate
+from alrt_core.eval_report import EvalOptions, run_eval
 from alrt_core.units import format_bytes, parse_byte_size
 from export.artifact import write_artifact
 from export.loader import load_model
@@ -34,14 +30,10 @@ def _bit_overrides(items: list[str] | None) -> dict[str, int]:
     return overrides
 
 
-def _val_bpb(path: Path, seq_len: int, data: str | None) -> float:
+def _val_bpb(path: Path, data: str | None) -> float:
+    """Validation bpb of a checkpoint or artifact, the way `alrt eval` computes it (plain windows)."""
     loaded = load_model(path)
-    config = loaded.config
-    info = resolve_dataset(data or config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size, progress=False)
-    tokens = np.concatenate([np.asarray(read_shard(p)) for p in info.val_files])
-    result = evaluate(loaded.model, tokens, loaded.tokenizer, seq_len=seq_len, batch_sequences=8,
-                      device=torch.device("cpu"), autocast=False)
-    return result.bpb
+    return run_eval(loaded.model, loaded.tokenizer, loaded.config, EvalOptions(data=data))["bpb"]
 
 
 def _summary(result: QuantizeResult, budget: int | None) -> dict[str, Any]:
@@ -119,8 +111,7 @@ def quantize(
     write_artifact(out_path, result.data)
     summary = {"artifact": str(out_path), **_summary(result, budget_bytes)}
     if run_eval:
-        seq_len = result.manifest["config"]["model"]["seq_len"]
-        before, after = _val_bpb(checkpoint, seq_len, data), _val_bpb(out_path, seq_len, data)
+        before, after = _val_bpb(checkpoint, data), _val_bpb(out_path, data)
         summary["eval"] = {"checkpoint_bpb": before, "artifact_bpb": after, "quant_gap": after - before}
     if as_json:
         print(json.dumps(summary))

@@ -34,8 +34,8 @@ from alrt_core.fileio import atomic_write_text  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from alrt_core.training.checkpoint import save_checkpoint  # noqa: E402
 from export.artifact import write_artifact  # noqa: E402
-from export.loader import load_model  # noqa: E402
-from export.quantize import QuantizeOptions, load_for_export, quantize_checkpoint  # noqa: E402
+from export.loader import load_for_export, load_model  # noqa: E402
+from export.quantize import QuantizeOptions, quantize_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOLF_CLIP_QUANTILE = 0.9999984

@@ -110,8 +110,8 @@ def fit_to_budget(
     """(quantized, actions, final size, fits). `measure` returns the whole artifact's bytes."""
     actions: list[FitAction] = []
     size = measure(quantized)
-    raw_total = sum(m.q.numel() for m in quantized.values()) * 6 / 8  # for the compressed/raw ratio estimate
     while size > budget:
+        raw_total = sum(m.q.numel() * m.bits / 8 for m in quantized.values())  # for the compressed/raw ratio
         candidates = _lower_candidates(plans, quantized, requantize)
         if not candidates:
             break

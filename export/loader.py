@@ -13,9 +13,11 @@ from typing import Any
 import torch
 
 from alrt_core.config import RunConfig
+from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
+from alrt_core.training.checkpoint import load_checkpoint
 from export.artifact import is_artifact, read_artifact
 from export.compress import decompress
 from export.payload import decode_payload
@@ -42,6 +44,23 @@ def load_artifact_weights(path: Path) -> tuple[dict[str, Any], dict[str, torch.T
     return manifest, tensors, tokenizer
 
 
+def load_for_export(checkpoint_path: Path) -> tuple[dict[str, Any], RunConfig, GPT]:
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = RunConfig.from_dict(checkpoint["config"])
+    model = GPT(config.model, layer_ranks=checkpoint["ranks"])
+    weights = checkpoint.get("ema") or checkpoint["model"]  # the EMA is what the run evaluated and saved as best
+    model.load_state_dict({name: value.float() for name, value in weights.items()})
+    return checkpoint, config, model.eval()
+
+
+def run_tokenizer(checkpoint_path: Path, config: RunConfig) -> Tokenizer:
+    beside = checkpoint_path.parent / "tokenizer.model"
+    if beside.is_file():
+        return Tokenizer.load(beside)
+    info = resolve_dataset(config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size, progress=False)
+    return Tokenizer.load(info.tokenizer_path)
+
+
 def load_model(path: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     path = Path(path)
     if not path.exists():
@@ -58,8 +77,6 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", dtype: torch.d
         tokenizer = Tokenizer.from_bytes(tokenizer_bytes, source=str(path))
         loaded = LoadedModel(model, tokenizer, config, "artifact", path, manifest)
     else:
-        from export.quantize import load_for_export, run_tokenizer
-
         _, config, model = load_for_export(path)
         loaded = LoadedModel(model, run_tokenizer(path, config), config, "checkpoint", path)
     loaded.model = loaded.model.to(device=device, dtype=dtype).eval()

@@ -18,18 +18,16 @@ from typing import Any
 
 from torch import Tensor
 
-from alrt_core.config import RunConfig
 from alrt_core.data.prepare import default_cache_dir, resolve_dataset
-from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
 from alrt_core.training.batches import TrainBatches
-from alrt_core.training.checkpoint import load_checkpoint
 from export.artifact import encode_artifact
 from export.budget_fit import FitAction, MatrixPlan, fit_to_budget
 from export.calibration import HEAD_INPUT, collect_hessians
 from export.compress import compress, compress_best
 from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
+from export.loader import load_for_export, run_tokenizer
 from export.payload import STORAGES, TOKENIZER_ENTRY, encode_payload
 
 ARTIFACT_FORMAT = "alrt-artifact"
@@ -107,23 +105,6 @@ def fold_decision(rank: int, out_features: int, in_features: int, bits: int) -> 
     return "keep" if factors < dense else "fold"
 
 
-def load_for_export(checkpoint_path: Path) -> tuple[dict[str, Any], RunConfig, GPT]:
-    checkpoint = load_checkpoint(checkpoint_path)
-    config = RunConfig.from_dict(checkpoint["config"])
-    model = GPT(config.model, layer_ranks=checkpoint["ranks"])
-    weights = checkpoint.get("ema") or checkpoint["model"]  # the EMA is what the run evaluated and saved as best
-    model.load_state_dict({name: value.float() for name, value in weights.items()})
-    return checkpoint, config, model.eval()
-
-
-def run_tokenizer(checkpoint_path: Path, config: RunConfig) -> Tokenizer:
-    beside = checkpoint_path.parent / "tokenizer.model"
-    if beside.is_file():
-        return Tokenizer.load(beside)
-    info = resolve_dataset(config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size, progress=False)
-    return Tokenizer.load(info.tokenizer_path)
-
-
 def _bits_for(name: str, default: int, overrides: dict[str, int]) -> int:
     for pattern, bits in overrides.items():
         if fnmatch.fnmatch(name, pattern):
@@ -185,12 +166,12 @@ def quantize_checkpoint(
     timings["quantize"] = time.perf_counter() - quant_start
 
     tokenizer_bytes = tokenizer.model_bytes()
-    storage = options.storage
-    if storage == "auto":
-        # Which integer layout compresses smaller, measured with a fast compressor.
-        storage = min(STORAGES, key=lambda s: len(compress(encode_payload(quantized, passthrough, tokenizer_bytes, s)[0], "zstd")))
     compress_start = time.perf_counter()
-    raw, _, _ = encode_payload(quantized, passthrough, tokenizer_bytes, storage)
+    candidates = STORAGES if options.storage == "auto" else (options.storage,)
+    encoded = {name: encode_payload(quantized, passthrough, tokenizer_bytes, name)[0] for name in candidates}
+    # Which integer layout compresses smaller, measured with a fast compressor (only when there is a choice).
+    storage = min(encoded, key=lambda name: len(compress(encoded[name], "zstd"))) if len(encoded) > 1 else candidates[0]
+    raw = encoded[storage]
     compressor, _ = compress_best(raw, options.compressor)
     timings["compress_choice"] = time.perf_counter() - compress_start
 

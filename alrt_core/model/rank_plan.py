@@ -6,8 +6,6 @@ so the factorised model begins no larger (and no slower) than the dense one and 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -74,6 +72,3 @@ def ordered_penalty_weights(rank: int, device: torch.device | None = None) -> Te
     """wᵢ = (i+1)/r: later components pay more, so the penalty squeezes the tail and keeps the order."""
     return torch.arange(1, rank + 1, dtype=torch.float32, device=device) / rank
 
-
-def ceil_target(scale: float, estimate: float) -> int:
-    return math.ceil(scale * estimate)
