@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from alrt_cli import data_cmd, eval_cmd, generate_cmd, inspect_cmd, quantize_cmd, train_cmd
+from alrt_cli import data_cmd, eval_cmd, export_cmd, generate_cmd, inspect_cmd, quantize_cmd, serve_cmd, train_cmd
 from alrt_core.errors import UserError
 
 app = typer.Typer(
@@ -22,7 +22,9 @@ app.command("train")(train_cmd.train)
 app.command("quantize")(quantize_cmd.quantize)
 app.command("eval")(eval_cmd.evaluate_command)
 app.command("generate")(generate_cmd.generate)
+app.command("serve")(serve_cmd.serve)
 app.add_typer(inspect_cmd.app, name="inspect")
+app.add_typer(export_cmd.app, name="export")
 
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

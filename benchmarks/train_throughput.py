@@ -35,6 +35,7 @@ from alrt_core.fileio import atomic_write_text  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from alrt_core.precision import autocast_context, resolve_autocast  # noqa: E402
 from alrt_core.training.optimizers import build_optimizers  # noqa: E402
+from benchmarks.reference_llama import build_reference  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_throughput.json"
 VOCAB = 1024
@@ -55,25 +56,6 @@ def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = (2048, 3072), repea
             a @ b
             best = max(best, 2 * size**3 / (time.perf_counter() - start))
     return best
-
-
-def build_reference(ours: GPT, seq_len: int) -> nn.Module:
-    """LlamaForCausalLM of our shape; its (gated, 3-matrix) MLP width is solved so the parameter counts match."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    m = ours.config
-
-    def make(intermediate: int) -> nn.Module:
-        config = LlamaConfig(
-            vocab_size=VOCAB, hidden_size=m.model_dim, intermediate_size=intermediate, num_hidden_layers=m.num_layers,
-            num_attention_heads=m.num_heads, num_key_value_heads=m.num_kv_heads, max_position_embeddings=seq_len,
-            tie_word_embeddings=True, attn_implementation="sdpa", use_cache=False,
-        )
-        return LlamaForCausalLM(config)
-
-    per_unit = m.num_layers * 3 * m.model_dim  # parameters added per unit of intermediate_size
-    base = make(1).num_parameters() - per_unit
-    return make(max(1, round((ours.num_parameters() - base) / per_unit))).train()
 
 
 def matmul_params_ours(model: GPT) -> int:
@@ -150,7 +132,7 @@ def main() -> None:
     compile_ours = config.train.compile if args.compile is None else args.compile
     ours_forward = torch.compile(ours) if compile_ours else ours  # the trainer's forward for this preset
     ours_step = make_step(lambda: ours_forward(inputs, targets), build_optimizers(ours, TrainConfig(max_steps=1)), ours_bf16)
-    reference = build_reference(ours, seq_len)
+    reference = build_reference(ours, seq_len).train()
     # Two copies, so each precision row trains its own weights with its own AdamW state.
     references = {"bf16": reference, "fp32": copy.deepcopy(reference)}
 

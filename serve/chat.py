@@ -8,7 +8,7 @@ context would overflow, the oldest turns are dropped and the remaining ones re-p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from serve.generation import Generation, Session
@@ -23,6 +23,25 @@ class ChatTemplate:
 
     def user_turn(self, message: str) -> str:
         return f"{self.user}.\n{message.strip()}{self.turn_end}{self.bot}.\n"
+
+    def render(self, messages: Sequence[tuple[str, str]]) -> str:
+        """A whole conversation of `(role, text)` as the document the model continues (the HTTP chat endpoint).
+
+        Each message is one paragraph ending in `turn_end`: a system message is its text as a preface, a user
+        message `"{user}.\n{text}"`, an assistant message `"{bot}.\n{text}"`; then `"{bot}.\n"` opens the reply,
+        which ends at the next `turn_end`. User/assistant pairs render exactly as `ChatSession` keeps them.
+        """
+        speakers = {"user": self.user, "assistant": self.bot}
+        paragraphs = []
+        for role, text in messages:
+            if role == "system":
+                paragraphs.append(text.strip())
+            elif role in speakers:
+                body = text.strip() if role == "user" else text.strip("\n")  # as `ChatSession` stores replies
+                paragraphs.append(f"{speakers[role]}.\n{body}")
+            else:
+                raise ValueError(f"unknown chat role {role!r}")
+        return "".join(paragraph + self.turn_end for paragraph in paragraphs) + f"{self.bot}.\n"
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """KV-cached generation from a loaded model: prefill the prompt once, then one token per forward pass.
 
 Text streams out as it becomes final: the decoded text of all generated tokens is recomputed and only the new,
-complete part is emitted (a multi-byte character split over byte-fallback tokens appears once it is whole).
+complete part is emitted (a multi-byte character split over byte-fallback tokens appears once it is whole, and
+a tail that could begin a stop string once the next token rules the stop out, so a stop string never leaks).
 When the context is full, generation stops with `stop_reason="context_full"`, or with `sliding_context=True` the
 oldest half of the context is dropped and the rest re-prefilled (documented cost: one prefill per slide).
 """
@@ -114,8 +115,9 @@ class Session:
             if stop_at is not None:
                 text = text[:stop_at]
                 stats.stop_reason = "stop_string"
-            # Hold back a trailing replacement character: it is usually half of a multi-byte character.
-            final = text.rstrip("\ufffd") if stop_at is None else text
+            # Hold back a trailing replacement character (usually half of a multi-byte character) and a tail that
+            # may be the start of a stop string: neither may be shown before the next token decides.
+            final = _without_partial_stop(text.rstrip("\ufffd"), stop) if stop_at is None else text
             if len(final) > len(emitted) and on_text is not None:
                 on_text(final[len(emitted) :])
             emitted = max(emitted, final, key=len)
@@ -150,6 +152,13 @@ class Session:
                 logits = self.slide(self.context // 2)
                 stats.slides += 1
             logits = self.feed([token])
+
+
+def _without_partial_stop(text: str, stops: tuple[str, ...]) -> str:
+    """`text` without its longest suffix that is a proper prefix of a stop string."""
+    held = max((n for stop in stops for n in range(min(len(stop) - 1, len(text)), 0, -1) if text.endswith(stop[:n])),
+               default=0)
+    return text[: len(text) - held]
 
 
 def _first_stop(text: str, stops: tuple[str, ...], search_from: int) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import greedy_by_recompute
 
 from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
@@ -26,15 +27,6 @@ def model_for(tokenizer: Tokenizer, seq_len: int = 64, **changes) -> GPT:
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.3)
     return model.eval()
-
-
-def greedy_by_recompute(model: GPT, ids: list[int], steps: int) -> list[int]:
-    out = list(ids)
-    with torch.no_grad():
-        for _ in range(steps):
-            logits = model(torch.tensor([out]))[0, -1]
-            out.append(int(torch.argmax(logits)))
-    return out[len(ids) :]
 
 
 @pytest.mark.parametrize("changes", [{}, {"ranks": 5}, {"rope_dims": 4}, {"num_kv_heads": 4, "tie_embeddings": False}])
@@ -112,3 +104,19 @@ def test_chat_keeps_the_conversation_in_the_cache(small_dataset):
     assert regen.token_ids == reply.token_ids and len(chat.turns) == 2  # greedy: the same reply again
     chat.clear()
     assert chat.session.history == [tokenizer.bos_id] and chat.turns == []
+
+
+def test_a_stop_string_split_over_two_tokens_never_leaks(small_dataset):
+    tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
+    model = model_for(tokenizer)
+    prompt = [tokenizer.bos_id, *tokenizer.encode("And")]
+    full = Session(model, tokenizer).generate(prompt, max_new_tokens=30, sampling=GREEDY)
+    # A two-character stop string whose first character ends one token's text and whose second begins the next.
+    ends = [len(tokenizer.decode(full.token_ids[:count])) for count in range(1, len(full.token_ids))]
+    boundary = next(end for end in ends[1:] if full.text.find(full.text[end - 1 : end + 1]) == end - 1)
+    stop = full.text[boundary - 1 : boundary + 1]
+    streamed: list[str] = []
+    cut = Session(model, tokenizer).generate(prompt, max_new_tokens=30, sampling=GREEDY, stop=(stop,),
+                                             on_text=streamed.append)
+    assert cut.stats.stop_reason == "stop_string"
+    assert cut.text == full.text[: boundary - 1] == "".join(streamed)  # not even the stop's first character

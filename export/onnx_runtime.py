@@ -1,0 +1,76 @@
+"""Running an exported `.onnx` decoder with onnxruntime: sessions, one forward step, greedy generation.
+
+The graph (see `export/onnx_graph.py`) maps `input_ids` and the past (`past_keys`, `past_values`, and
+`past_tokens` for models that read earlier tokens) to `logits` and the presents; a caller starts from an empty past
+(past length 0) and feeds every `present_X` back as the next step's `past_X`. Everything needed to drive it — cache
+slots, KV heads and head size from the input shapes, the context length from the metadata — is in the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+Past = dict[str, np.ndarray]  # graph input name ("past_keys", ...) -> array
+
+
+def create_session(model: Path | bytes, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU inference session for a file path or serialized model bytes; `threads` caps intra-op threads."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def session_metadata(session: ort.InferenceSession) -> dict[str, str]:
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def empty_past(session: ort.InferenceSession, batch_size: int) -> Past:
+    """Zero-length past keys and values (slots, batch, kv_heads, 0, head_dim), and tokens when the graph takes them."""
+    inputs = {node.name: node for node in session.get_inputs()}
+    slots, _, kv_heads, _, head_dim = inputs["past_keys"].shape
+    shape = (int(slots), batch_size, int(kv_heads), 0, int(head_dim))
+    past = {"past_keys": np.zeros(shape, dtype=np.float32), "past_values": np.zeros(shape, dtype=np.float32)}
+    if "past_tokens" in inputs:
+        past["past_tokens"] = np.zeros((batch_size, 0), dtype=np.int64)
+    return past
+
+
+def past_length(past: Past) -> int:
+    return int(past["past_keys"].shape[3])
+
+
+def run_step(session: ort.InferenceSession, input_ids: np.ndarray, past: Past) -> tuple[np.ndarray, Past]:
+    """Logits (batch, seq, vocab) for `input_ids` (batch, seq) after `past`, and the past for the next step."""
+    outputs = session.run(None, {"input_ids": np.asarray(input_ids, dtype=np.int64), **past})
+    names = [node.name for node in session.get_outputs()]
+    named = dict(zip(names, outputs, strict=True))
+    return named["logits"], {"past_" + name.removeprefix("present_"): value
+                             for name, value in named.items() if name.startswith("present_")}
+
+
+def greedy_generate(
+    session: ort.InferenceSession, prompt_ids: Sequence[int], max_new_tokens: int, *, eos_id: int | None = None
+) -> list[int]:
+    """Greedy tokens after `prompt_ids` (batch 1): prefill once, then one token per step, presents fed back as past.
+
+    Stops like `serve.generation.Session.generate` with temperature 0: after `eos_id` (when given and >= 0), after
+    `max_new_tokens`, or when the context in the metadata is full (the token that fills it is still returned)."""
+    context = int(session_metadata(session)["context_length"])
+    if not 0 < len(prompt_ids) <= context:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {context}")
+    logits, past = run_step(session, np.asarray([prompt_ids]), empty_past(session, 1))
+    tokens: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(np.argmax(logits[0, -1]))
+        tokens.append(token)
+        if (eos_id is not None and eos_id >= 0 and token == eos_id) or past_length(past) >= context:
+            break
+        logits, past = run_step(session, np.asarray([[token]]), past)
+    return tokens

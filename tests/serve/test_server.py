@@ -1,0 +1,405 @@
+"""`alrt serve` through the official `openai` client: results equal `Session.generate`, streaming, errors, the
+bounded queue (429), loading (503), concurrency, client disconnects, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from cli_runner import ROOT
+
+from alrt_cli import serve_cmd
+from alrt_core.config import apply_overrides, preset
+from alrt_core.errors import UserError
+from alrt_core.training.trainer import Trainer
+from export.artifact import write_artifact
+from export.loader import LoadedModel, load_model
+from export.quantize import QuantizeOptions, quantize_checkpoint
+from serve.chat import ChatTemplate
+from serve.generation import Generation, Session
+from serve.sampling import SamplingConfig
+from serve.server import ServeLimits, bind_socket, create_app
+from serve.worker import Job
+
+GREEDY = SamplingConfig(temperature=0.0)
+PROMPTS = ["KING.\nWhat news", "Thou art", "O, ", "MACBETH.\n"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(small_dataset, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("serve") / "run"
+    config = preset("tiny")
+    config.data.path = str(small_dataset.root)
+    Trainer(apply_overrides(config, ["train.max_steps=8", "train.eval_every=8", "model.seq_len=128"]), run_dir,
+            progress=False).run()
+    return run_dir / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint) -> LoadedModel:
+    return load_model(checkpoint)
+
+
+def expected(loaded: LoadedModel, prompt_ids: list[int], max_tokens: int, stop: tuple[str, ...] = ()) -> Generation:
+    return Session(loaded.model, loaded.tokenizer).generate(prompt_ids, max_new_tokens=max_tokens, sampling=GREEDY,
+                                                             stop=stop)
+
+
+def expected_text(loaded: LoadedModel, prompt_ids: list[int], max_tokens: int) -> str:
+    return expected(loaded, prompt_ids, max_tokens).text
+
+
+def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
+    return [loaded.tokenizer.bos_id, *loaded.tokenizer.encode(text)]
+
+
+class RunningServer:
+    """uvicorn on a free loopback port in a background thread."""
+
+    def __init__(self, loader: Callable[[], LoadedModel], limits: ServeLimits | None = None,
+                 before_job: Callable[[Job], None] | None = None) -> None:
+        self.app = create_app(loader, model_name="tiny", limits=limits or ServeLimits(threads=None), before_job=before_job)
+        self.worker = self.app.state.worker
+        sock = bind_socket("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=30)
+
+    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    def health(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/health", timeout=10)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint) -> Iterator[RunningServer]:
+    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_queue=8, max_tokens_cap=64, threads=None))
+    running.wait_until(lambda: running.health().status_code == 200, "the model to load")
+    yield running
+    running.stop()
+
+
+def test_greedy_completion_equals_session_generate(server, reference):
+    client = server.client()
+    result = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=24, temperature=0)
+    ids = prompt_ids(reference, PROMPTS[0])
+    assert result.choices[0].text == expected_text(reference, ids, 24)
+    assert result.object == "text_completion" and result.model == "tiny" and result.id.startswith("cmpl-")
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (len(ids), 24)
+    assert result.usage.total_tokens == len(ids) + 24 and result.choices[0].finish_reason == "length"
+    default = client.completions.create(model="tiny", prompt=PROMPTS[0], temperature=0)
+    assert default.usage.completion_tokens == 16  # OpenAI's default max_tokens for completions
+    # A stop string ends the text before it (never including any of it) with finish_reason "stop".
+    stop = result.choices[0].text[6:9]
+    stopped = client.completions.create(model="tiny", prompt=PROMPTS[0], max_tokens=24, temperature=0, stop=[stop])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == result.choices[0].text[: result.choices[0].text.index(stop)]
+
+
+def test_seeded_sampling_is_reproducible_and_extensions_apply(server):
+    client = server.client()
+
+    def sample(seed: int, **extra) -> str:
+        return client.completions.create(model="tiny", prompt="Thou", max_tokens=20, temperature=1.0, top_p=0.9,
+                                         seed=seed, **extra).choices[0].text
+
+    assert sample(3) == sample(3) and sample(3) != sample(4)
+    # top_k=1 is greedy whatever the temperature: the extension reaches the sampler.
+    greedy = client.completions.create(model="tiny", prompt="Thou", max_tokens=20, temperature=0).choices[0].text
+    assert sample(5, extra_body={"top_k": 1}) == greedy
+
+
+def test_chat_completion_renders_the_template_and_stops_at_turn_end(server, reference):
+    client = server.client()
+    messages = [{"role": "system", "content": "A scene at court."}, {"role": "user", "content": "Who goes there?"},
+                {"role": "assistant", "content": "A friend."}, {"role": "user", "content": "Speak, then."}]
+    result = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0)
+    document = "A scene at court.\n\nYOU.\nWho goes there?\n\nHAMLET.\nA friend.\n\nYOU.\nSpeak, then.\n\nHAMLET.\n"
+    assert ChatTemplate().render([(m["role"], m["content"]) for m in messages]) == document
+    ids = prompt_ids(reference, document)
+    reply = expected(reference, ids, 40, stop=("\n\n",))
+    choice = result.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == reply.text and "\n\n" not in reply.text
+    assert result.object == "chat.completion" and result.usage.prompt_tokens == len(ids)
+    assert result.usage.completion_tokens == len(reply.token_ids)
+    assert choice.finish_reason == {"stop_string": "stop", "eos": "stop", "max_new_tokens": "length"}[reply.stats.stop_reason]
+    capped = client.chat.completions.create(model="tiny", messages=messages, max_completion_tokens=3, temperature=0)
+    assert capped.choices[0].message.content == expected(reference, ids, 3, stop=("\n\n",)).text
+
+
+def test_streaming_concatenates_to_the_greedy_text_and_ends_with_usage(server, reference):
+    client = server.client()
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=30, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=30, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == plain.choices[0].text
+    assert len([c for c in chunks if c.choices]) > 2  # it really streamed
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 30 and chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+    messages = [{"role": "user", "content": "Good morrow."}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=30, temperature=0)
+    parts = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=30, temperature=0,
+                                                stream=True))
+    assert parts[0].choices[0].delta.role == "assistant" and parts[0].object == "chat.completion.chunk"
+    assert "".join(p.choices[0].delta.content or "" for p in parts) == whole.choices[0].message.content
+    assert parts[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    raw = httpx.post(f"{server.url}/v1/completions", json={"model": "tiny", "prompt": "O", "max_tokens": 2,
+                                                           "stream": True}, timeout=10)
+    assert raw.headers["content-type"].startswith("text/event-stream") and raw.text.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "needle"),
+    [
+        ({"model": "nope", "prompt": "x"}, "model", "does not exist"),
+        ({"model": "tiny", "prompt": "x", "temperature": -0.5}, "temperature", "greater than or equal to 0"),
+        ({"model": "tiny", "prompt": "x", "top_p": 0}, "top_p", "greater than 0"),
+        ({"model": "tiny", "prompt": "x", "top_p": 1.5}, "top_p", "less than or equal to 1"),
+        ({"model": "tiny", "prompt": "x", "n": 2}, "n", "only n=1"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 65}, "max_tokens", "at most 64"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
+        ({"model": "tiny", "prompt": "x " * 200}, "prompt", "at most 128"),
+        ({"model": "tiny", "prompt": ["a", "b"]}, "prompt", "exactly one prompt"),
+        ({"model": "tiny", "prompt": [1, 99999]}, "prompt", "token ids must be in"),
+        ({"model": "tiny", "prompt": "x", "stop": ["a", ""]}, "stop", "must not be empty"),
+        ({"model": "tiny", "prompt": "x", "frobnicate": 1}, "frobnicate", "Unrecognized request argument"),
+        ({"model": "tiny"}, "prompt", "missing required parameter"),
+        ({"model": "tiny", "prompt": "x", "stream_options": {"include_usage": True}}, None, "only allowed when stream"),
+    ],
+)
+def test_bad_completion_requests_are_400_with_openai_errors(server, body, param, needle):
+    client = server.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post("/completions", body=body, cast_to=object)  # the raw body, as a misbehaving client sends it
+    error = caught.value.body
+    assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
+    assert error["param"] == param and needle in error["message"]
+
+
+def test_bad_chat_requests_and_raw_http_errors(server):
+    client = server.client()
+    cases = [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages.0.content"),
+        ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 500}, "max_completion_tokens"),
+        ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, None),
+    ]
+    for extra, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="tiny", **extra)
+        assert caught.value.body["param"] == param, extra
+    not_json = httpx.post(f"{server.url}/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
+    assert not_json.status_code == 400
+    assert not_json.json()["error"] == {"message": "the request body is not valid JSON", "type": "invalid_request_error",
+                                        "param": None, "code": "invalid_json"}
+    missing = httpx.get(f"{server.url}/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_models_and_health(server):
+    client = server.client()
+    assert [model.id for model in client.models.list()] == ["tiny"]
+    assert client.models.retrieve("tiny").owned_by == "alrt"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    health = server.health().json()
+    assert health["status"] == "ok" and health["kind"] == "checkpoint" and health["context"] == 128
+
+
+def test_concurrent_requests_all_get_their_own_answer(server, reference):
+    client = server.client()
+    answers: dict[str, str] = {}
+
+    def ask(prompt: str) -> None:
+        answers[prompt] = client.completions.create(model="tiny", prompt=prompt, max_tokens=20, temperature=0).choices[0].text
+
+    threads = [threading.Thread(target=ask, args=(prompt,)) for prompt in PROMPTS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert answers == {prompt: expected_text(reference, prompt_ids(reference, prompt), 20) for prompt in PROMPTS}
+
+
+class Gate:
+    """Holds the worker before each job until a pass is given (or the gate opened), recording the jobs it held."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.jobs: list[Job] = []
+        self.passes, self.opened = 0, False
+
+    def __call__(self, job: Job) -> None:
+        with self.condition:
+            self.jobs.append(job)
+            self.condition.notify_all()
+            assert self.condition.wait_for(lambda: self.opened or self.passes > 0, 30)
+            self.passes -= 0 if self.opened else 1
+
+    def wait_held(self, count: int) -> bool:
+        with self.condition:
+            return self.condition.wait_for(lambda: len(self.jobs) >= count, 20)
+
+    def let_one_pass(self) -> None:
+        with self.condition:
+            self.passes += 1
+            self.condition.notify_all()
+
+    def open(self) -> None:
+        with self.condition:
+            self.opened = True
+            self.condition.notify_all()
+
+
+def test_full_queue_answers_429_and_the_waiting_requests_still_complete(checkpoint, reference):
+    gate = Gate()
+    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_queue=1, threads=None), before_job=gate)
+    try:
+        running.wait_until(lambda: running.health().status_code == 200, "the model to load")
+        client = running.client()
+        answers: list[str] = []
+
+        def ask() -> None:
+            answers.append(client.completions.create(model="tiny", prompt="O, ", max_tokens=8, temperature=0).choices[0].text)
+
+        first = threading.Thread(target=ask)
+        first.start()
+        assert gate.wait_held(1)  # the worker holds the first request
+        second = threading.Thread(target=ask)
+        second.start()
+        running.wait_until(lambda: running.worker.queued == 1, "the second request to be queued")
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.completions.create(model="tiny", prompt="O, ", max_tokens=8)
+        assert caught.value.status_code == 429
+        assert caught.value.body["type"] == "rate_limit_error" and caught.value.body["code"] == "queue_full"
+        gate.open()
+        first.join(30)
+        second.join(30)
+        assert answers == [expected_text(reference, prompt_ids(reference, "O, "), 8)] * 2
+        counts = running.health().json()
+        assert (counts["completed"], counts["rejected"], counts["queued"]) == (2, 1, 0)
+    finally:
+        gate.open()
+        running.stop()
+
+
+def test_a_client_that_disconnects_cancels_its_generation(checkpoint):
+    gate = Gate()
+    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_tokens_cap=64, threads=None), before_job=gate)
+    try:
+        running.wait_until(lambda: running.health().status_code == 200, "the model to load")
+        port = int(running.url.rsplit(":", 1)[1])
+        for held, stream in enumerate((True, False), start=1):
+            body = json.dumps({"model": "tiny", "prompt": "O", "max_tokens": 64, "stream": stream}).encode()
+            with socket.create_connection(("127.0.0.1", port)) as connection:
+                connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                assert gate.wait_held(held)
+            assert gate.jobs[-1].cancelled.wait(20)  # the server noticed the closed connection
+            gate.let_one_pass()
+        running.wait_until(lambda: running.health().json()["cancelled"] == 2, "both jobs to be dropped")
+        assert running.health().json()["completed"] == 0
+    finally:
+        gate.open()
+        running.stop()
+
+
+def test_health_is_503_while_loading_then_200(checkpoint):
+    loading = threading.Event()
+    running = RunningServer(lambda: (loading.wait(30), load_model(checkpoint))[1])
+    try:
+        running.wait_until(lambda: running.thread.is_alive() and _answers(running), "the socket")
+        pending = running.health()
+        assert (pending.status_code, pending.json()) == (503, {"status": "loading"})
+        with pytest.raises(openai.InternalServerError) as caught:
+            running.client().completions.create(model="tiny", prompt="x")
+        assert caught.value.status_code == 503 and caught.value.body["code"] == "model_loading"
+        loading.set()
+        running.wait_until(lambda: running.health().status_code == 200, "the model to load")
+        assert running.health().json()["status"] == "ok"
+    finally:
+        loading.set()
+        running.stop()
+
+
+def test_a_model_that_fails_to_load_is_reported_on_health(checkpoint):
+    def broken() -> LoadedModel:
+        raise UserError("model.alrt: truncated artifact (5 of 9 bytes)")
+
+    running = RunningServer(broken)
+    try:
+        running.wait_until(lambda: _answers(running) and running.health().json()["status"] == "failed", "the failure")
+        assert running.health().status_code == 503
+        assert running.health().json()["error"] == "model.alrt: truncated artifact (5 of 9 bytes)"
+        with pytest.raises(openai.InternalServerError) as caught:
+            running.client().completions.create(model="tiny", prompt="x")
+        assert caught.value.body["code"] == "model_failed" and "truncated artifact" in caught.value.body["message"]
+    finally:
+        running.stop()
+    assert running.worker.state == "failed"  # shutting down keeps the failure for the CLI to report
+
+
+def _answers(running: RunningServer) -> bool:
+    try:
+        running.health()
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, reference):
+    # Refused before the port is bound (the CLI prints a UserError as one line and exits 2).
+    with pytest.raises(UserError, match="no such model file: .*missing.alrt"):
+        serve_cmd.serve(tmp_path / "missing.alrt", port=0)
+    (tmp_path / "junk.bin").write_bytes(b"not a model")
+    with pytest.raises(UserError, match="neither a .alrt artifact nor a training checkpoint"):
+        serve_cmd.serve(tmp_path / "junk.bin", port=0)
+    with pytest.raises(UserError, match="--max-queue must be at least 1"):
+        serve_cmd.serve(checkpoint, port=0, max_queue=0)
+    artifact = tmp_path / "model.alrt"
+    write_artifact(artifact, quantize_checkpoint(checkpoint, QuantizeOptions(calib_tokens=2048, small_max=0)).data)
+    process = subprocess.Popen([sys.executable, "-m", "alrt_cli", "serve", str(artifact), "--port", "0"],
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        line = process.stderr.readline()
+        assert "alrt serve: http://127.0.0.1:" in line and "'model'" in line
+        url = line.split()[2]
+        later = ""
+        for _ in range(10):  # other libraries may warn before "ready"
+            later = process.stderr.readline()
+            if later.startswith("ready") or not later:
+                break
+        assert later.startswith("ready: artifact, context 128 tokens"), later
+        client = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+        text = client.completions.create(model="model", prompt="Thou art", max_tokens=12, temperature=0).choices[0].text
+        loaded = load_model(artifact)
+        assert text == expected_text(loaded, prompt_ids(loaded, "Thou art"), 12)
+    finally:
+        process.terminate()
+        process.wait(20)
