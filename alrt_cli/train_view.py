@@ -46,9 +46,9 @@ class TrainConsole:
         if handler is not None:
             handler(event)
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str, *, markup: bool = True) -> None:
         console = self.progress.console if self.progress else self.console
-        console.print(text)
+        console.print(text, markup=markup)
         console.file.flush()  # piped output (tee, CI logs) should show each line as it happens
 
     def _on_run_start(self, e: dict[str, Any]) -> None:
@@ -63,6 +63,8 @@ class TrainConsole:
         lines = [
             f"[bold]alrt train[/] → {e['run_dir']}" + (f"  (resumed from {e['resumed_from']})" if e["resumed_from"] else ""),
             f"  model    {e['params']:,} params, vocab {e['vocab_size']}, {ranks}, preset {e['preset']}",
+            f"  artifact {e['artifact_packed_bytes'] / 1e6:.2f} MB int6 before compression, "
+            f"est. {e['artifact_estimate_bytes'] / 1e6:.2f} MB after training",
             f"  ranks    {policy}; attention+MLP {e['projection_params']:,} params = {share:.0%} of dense",
             f"  data     {_fmt_tokens(e['tokens_per_epoch'])} tokens/epoch, val {_fmt_tokens(e['val_tokens'])} tokens "
             f"= {e['val_bytes']:,} bytes",
@@ -117,6 +119,13 @@ class TrainConsole:
             f"params {_fmt_tokens(e['params_before'])} → {_fmt_tokens(e['params_after'])} | r {ranks} | "
             f"took {e['seconds']:.2f}s{budget}"
         )
+
+    def _on_qat_on(self, e: dict[str, Any]) -> None:
+        self._print(f"  [bold]late QAT[/] on at step {e['step']}: LR multiplier {e['lr_scale']:.3f}, int{e['bits']} fake quantisation")
+
+    def _on_sample(self, e: dict[str, Any]) -> None:
+        self._print(f"  [bold yellow]sample[/] @ {e['step']}:")
+        self._print((e["prompt"] + e["text"]).strip("\n"), markup=False)
 
     def _on_error(self, e: dict[str, Any]) -> None:
         self._stop_progress()

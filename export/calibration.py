@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from alrt_core.model.gpt import GPT, rms_norm
+from alrt_core.model.gpt import GPT
 from alrt_core.training.batches import TrainBatches
 
 HEAD_INPUT = "head_input"
@@ -41,9 +41,9 @@ def collect_hessians(
     handles = []
     for name, layer in model.projections().items():
         handles.append(layer.register_forward_hook(lambda module, args, output, name=name: accumulate(name, args[0])))
-    last_block = model.blocks[len(model.blocks) - 1]
-    # The logits' input is rms_norm(output of the last block), exactly as GPT.forward computes it.
-    handles.append(last_block.register_forward_hook(lambda module, args, output: accumulate(HEAD_INPUT, rms_norm(output))))
+    # The logits' input is the final norm's output (hooked there, not at the last block: with depth recurrence
+    # the last block may run more than once per forward).
+    handles.append(model.final_norm.register_forward_hook(lambda module, args, output: accumulate(HEAD_INPUT, output)))
     seq_len = model.config.seq_len
     used = 0
     try:

@@ -1,7 +1,7 @@
 """The one loader: a training checkpoint or a `.alrt` artifact to a ready model, its tokenizer and config.
 
 Evaluation, generation, serving and ONNX export all go through `load_model`, so they run exactly the weights the
-artifact holds (dequantised) or the checkpoint's (its EMA when the run kept one).
+artifact holds (dequantised) or the checkpoint's (its SWA mean or EMA when the run kept one).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
 from alrt_core.training.checkpoint import load_checkpoint
+from alrt_core.training.swa import checkpoint_eval_weights
 from export.artifact import is_artifact, read_artifact
 from export.compress import decompress
 from export.payload import decode_payload
@@ -48,7 +49,7 @@ def load_for_export(checkpoint_path: Path) -> tuple[dict[str, Any], RunConfig, G
     checkpoint = load_checkpoint(checkpoint_path)
     config = RunConfig.from_dict(checkpoint["config"])
     model = GPT(config.model, layer_ranks=checkpoint["ranks"])
-    weights = checkpoint.get("ema") or checkpoint["model"]  # the EMA is what the run evaluated and saved as best
+    weights = checkpoint_eval_weights(checkpoint)  # SWA mean or EMA: what the run evaluated and saved as best
     model.load_state_dict({name: value.float() for name, value in weights.items()})
     return checkpoint, config, model.eval()
 

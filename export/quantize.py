@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from alrt_core.data.prepare import default_cache_dir, resolve_dataset
@@ -91,6 +92,8 @@ class QuantizeResult:
 def tensor_class(name: str) -> str:
     if name.startswith("embed.") or name.startswith("head."):
         return "embed" if name.startswith("embed.") else "head"
+    if name.startswith(("bigram.table.", "bigram.proj.", "value_embed.table.", "value_embed.proj.")):
+        return "table"  # BigramHash / value-embedding tables and their projections: int8 like the embedding
     if ".attn." in name and name.rsplit(".", 2)[-2] in ("q", "k", "v", "o"):
         return "attn"
     if ".mlp." in name:
@@ -143,7 +146,7 @@ def quantize_checkpoint(
     timings["calibrate"] = time.perf_counter() - started
 
     plans, passthrough, fold, ranks = _plan(model, hessians, options)
-    clips_for = {"embed": EMBED_CLIP_CANDIDATES, "head": EMBED_CLIP_CANDIDATES}
+    clips_for = {"embed": EMBED_CLIP_CANDIDATES, "head": EMBED_CLIP_CANDIDATES, "table": EMBED_CLIP_CANDIDATES}
 
     def requantize(plan: MatrixPlan, bits: int) -> QuantizedMatrix:
         clips = clips_for.get(plan.tensor_class, DEFAULT_CLIP_CANDIDATES)
@@ -256,6 +259,13 @@ def _plan(
             continue
         bits = _bits_for(name, options.embed_bits, options.bit_overrides)
         plans[name] = MatrixPlan(name, module.weight.detach().float(), head_h, bits, MIN_EMBED_BITS, tensor_class(name))
+        handled.add(name)
+    # BigramHash / value-embedding tables and their projections: embedding bits, per-row scales. No calibration
+    # Hessian is collected for them, so the identity weighs every entry alike (GPTQ reduces to rounding).
+    for name, weight in {**model.extra_tables(), **model.extra_matrices()}.items():
+        bits = _bits_for(name, options.embed_bits, options.bit_overrides)
+        identity = torch.eye(weight.shape[1])
+        plans[name] = MatrixPlan(name, weight.detach().float(), identity, bits, MIN_EMBED_BITS, tensor_class(name))
         handled.add(name)
     passthrough = {
         name: value for name, value in model.state_dict().items() if name not in handled and value.is_floating_point()

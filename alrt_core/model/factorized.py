@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alrt_core.model.fake_quant import fake_quantize
+
 
 class FactorizedLinear(nn.Module):
     """A bias-free linear map stored either dense (`weight`, out×in) or as factors `U` (out×r) and `V` (r×in)."""
@@ -21,6 +23,9 @@ class FactorizedLinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.zero_init = zero_init
+        # Late QAT (set by the trainer, not saved): while training, the forward pass fake-quantises the stored
+        # weights (W, or U and V as the artifact may keep them) to this many bits with a straight-through gradient.
+        self.fake_quant_bits: int | None = None
         if rank is None:
             self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
             self.U: nn.Parameter | None = None
@@ -77,10 +82,16 @@ class FactorizedLinear(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def _stored(self, weight: Tensor) -> Tensor:
+        if self.fake_quant_bits is not None and self.training:
+            return fake_quantize(weight, self.fake_quant_bits)
+        return weight
+
     def forward(self, x: Tensor) -> Tensor:
         if self.weight is not None:
-            return F.linear(x, self.weight)
-        return F.linear(F.linear(x, self.V), self.U)
+            return F.linear(x, self._stored(self.weight))
+        assert self.U is not None and self.V is not None
+        return F.linear(F.linear(x, self._stored(self.V)), self._stored(self.U))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, rank={self.rank if self.is_factorized else 'dense'}"

@@ -1,8 +1,11 @@
-"""Preallocated per-layer key/value cache for incremental decoding.
+"""Preallocated key/value cache for incremental decoding: one slot per layer application.
 
 Shapes follow the attention layout after the GQA projection: (batch, kv_heads, max_len, head_dim), so the cache
-costs num_kv_heads (not num_heads) per layer. The model advances `length` once per forward call, after all
-layers have written their keys and values at the same positions.
+costs num_kv_heads (not num_heads) per slot. With depth recurrence a looped block runs several times per token
+and each of its applications has its own slot (`GPT.new_cache` sizes the cache by the number of applications).
+The model advances `length` once per forward call, after all slots have written their keys and values at the
+same positions. `tokens` keeps the token ids when the model needs the history (document mask, SmearGate,
+BigramHash read earlier tokens); `truncate` keeps it consistent since it only moves `length`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class KVCache:
         shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.tokens = torch.full((batch_size, max_len), -1, dtype=torch.long, device=device)
         self.max_len = max_len
         self.length = 0
 
@@ -34,7 +38,7 @@ class KVCache:
         return self.max_len - self.length
 
     def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Store this call's keys/values for `layer` and return all cached ones up to and including them."""
+        """Store this call's keys/values in slot `layer` and return all cached ones up to and including them."""
         new = keys.shape[2]
         end = self.length + new
         if end > self.max_len:
@@ -42,6 +46,13 @@ class KVCache:
         self.keys[layer, :, :, self.length : end] = keys.to(self.keys.dtype)
         self.values[layer, :, :, self.length : end] = values.to(self.values.dtype)
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def write_tokens(self, input_ids: Tensor) -> None:
+        """Record this call's token ids at positions length.. (before the layers run)."""
+        end = self.length + input_ids.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {self.length} + {input_ids.shape[1]} positions exceed its {self.max_len}")
+        self.tokens[:, self.length : end] = input_ids
 
     def advance(self, count: int) -> None:
         self.length += count

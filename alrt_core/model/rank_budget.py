@@ -34,6 +34,8 @@ class CostModel:
         taken = {id(p) for layer in projections.values() for p in layer.parameters()}
         fixed_params, fixed_bytes = 0, 0.0
         embedding_like = {id(model.embed.weight)} | ({id(model.head.weight)} if model.head is not None else set())
+        # BigramHash / value-embedding tables and projections are stored at the embedding's bits too.
+        embedding_like |= {id(p) for p in (*model.extra_tables().values(), *model.extra_matrices().values())}
         for parameter in model.parameters():
             if id(parameter) in taken:
                 continue

@@ -25,14 +25,23 @@ class WeightEMA:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.shadow = {name: value.float().clone() for name, value in state.items()}
 
-    @torch.no_grad()
     def swap_into(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Load the averaged weights into `model`; returns the live weights so `restore` can put them back."""
-        live = {name: value.detach().clone() for name, value in model.state_dict().items()}
-        model.load_state_dict({name: value.to(live[name].dtype) for name, value in self.shadow.items()})
-        return live
+        return swap_weights(model, self.shadow)
 
     @staticmethod
-    @torch.no_grad()
     def restore(model: nn.Module, live: dict[str, torch.Tensor]) -> None:
-        model.load_state_dict(live)
+        restore_weights(model, live)
+
+
+@torch.no_grad()
+def swap_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load `weights` (fp32 averages) into `model` in its own dtypes; returns the live weights for `restore_weights`."""
+    live = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    model.load_state_dict({name: value.to(live[name].dtype) for name, value in weights.items()})
+    return live
+
+
+@torch.no_grad()
+def restore_weights(model: nn.Module, live: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict(live)

@@ -31,8 +31,15 @@ def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
     return x.T if transposed else x
 
 
+def normalize_rows(matrix: Tensor, eps: float = 1e-7) -> Tensor:
+    """Every row scaled to unit L2 norm (MuonEq-R). Newton–Schulz treats the update as one matrix, so rows with a
+    large gradient dominate its spectrum; equalising them first gives every output unit a comparable step."""
+    return matrix / matrix.float().norm(dim=-1, keepdim=True).clamp_min(eps).to(matrix.dtype)
+
+
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, Newton–Schulz orthogonalised update, decoupled weight decay."""
+    """Nesterov momentum, optional row normalisation (MuonEq-R), Newton–Schulz orthogonalised update, decoupled
+    weight decay."""
 
     def __init__(
         self,
@@ -42,8 +49,10 @@ class Muon(torch.optim.Optimizer):
         ns_steps: int = 5,
         weight_decay: float = 0.0,
         nesterov: bool = True,
+        row_normalize: bool = False,
     ) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay, nesterov=nesterov))
+        super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay,
+                                      nesterov=nesterov, row_normalize=row_normalize))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch signature
@@ -70,6 +79,8 @@ class Muon(torch.optim.Optimizer):
                 buffer.mul_(group["momentum"]).add_(p.grad)
                 if index % world == rank:
                     update = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                    if group.get("row_normalize", False):  # absent in optimizer states saved before MuonEq-R
+                        update = normalize_rows(update)
                     update = orthogonalize(update, group["ns_steps"])
                     # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
                     # For a thin factor U (m×r) that factor is √(m/r), which makes the product's update

@@ -12,8 +12,11 @@ from alrt_core.training.muon import Muon
 
 def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
     """Group every trainable parameter exactly once: matrices, embedding, head, scalars/vectors."""
+    # Optional lookup tables (BigramHash, value embeddings) train like the embedding; their projections to the
+    # width are plain (never factorised) Muon matrices.
     matrices = [p for layer in model.projections().values() for p in layer.parameters()]
-    embedding = [model.embed.weight]
+    matrices += list(model.extra_matrices().values())
+    embedding = [model.embed.weight, *model.extra_tables().values()]
     head = [model.head.weight] if model.head is not None else []
     taken = {id(p) for p in matrices + embedding + head}
     scalars = [p for p in model.parameters() if id(p) not in taken]
@@ -24,6 +27,7 @@ def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimi
     """Optimizers in a fixed order (their state dicts are saved as a list in that order)."""
     groups = split_parameters(model)
     dense = [p for layer in model.projections().values() if not layer.is_factorized for p in layer.parameters()]
+    dense += list(model.extra_matrices().values())
     factors = [p for layer in model.projections().values() if layer.is_factorized for p in layer.parameters()]
     # Two Muon groups, always both (a resize moves no parameter between them): dense matrices get Muon's
     # aspect-ratio scaling; factors get `train.factor_scaling` (see Muon.step).
@@ -31,14 +35,15 @@ def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimi
         [{"params": dense, "name": "dense", "aspect_scaling": True},
          {"params": factors, "name": "factor", "aspect_scaling": config.factor_scaling == "aspect"}],
         lr=config.matrix_lr, momentum=config.muon_momentum,
-        ns_steps=config.muon_ns_steps, weight_decay=config.weight_decay,
+        ns_steps=config.muon_ns_steps, weight_decay=config.weight_decay, row_normalize=config.muon_row_normalize,
     )
+    # Decoupled weight decay per group (p ← p·(1 − lr·wd)); an untied head gets none, as in the golf records.
     adam_groups = [
-        {"params": groups["embed"], "lr": config.embed_lr, "name": "embed"},
-        {"params": groups["scalar"], "lr": config.scalar_lr, "name": "scalar"},
+        {"params": groups["embed"], "lr": config.embed_lr, "weight_decay": config.embed_weight_decay, "name": "embed"},
+        {"params": groups["scalar"], "lr": config.scalar_lr, "weight_decay": config.scalar_weight_decay, "name": "scalar"},
     ]
     if groups["head"]:
-        adam_groups.append({"params": groups["head"], "lr": config.head_lr, "name": "head"})
+        adam_groups.append({"params": groups["head"], "lr": config.head_lr, "weight_decay": 0.0, "name": "head"})
     adam = torch.optim.AdamW(
         adam_groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps, weight_decay=0.0,
     )

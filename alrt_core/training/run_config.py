@@ -17,6 +17,10 @@ RESUMABLE_CHANGES = frozenset(
         "train.log_every",
         "train.early_stop_patience",
         "train.compile",
+        "train.sample_every",
+        "train.sample_prompt",
+        "train.sample_tokens",
+        "train.sample_temperature",
         "rank.log_full",
     }
 )

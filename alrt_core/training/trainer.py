@@ -28,13 +28,15 @@ from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 from alrt_core.evaluate import EvalResult, evaluate
 from alrt_core.fileio import atomic_write_text
+from alrt_core.model.artifact_estimate import estimate_artifact
 from alrt_core.model.gpt import GPT, uniform_baseline_nats
 from alrt_core.model.rank_plan import initial_layer_ranks
 from alrt_core.precision import autocast_context, resolve_autocast
 from alrt_core.training.batches import TrainBatches
 from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
+from alrt_core.training.compile import compile_model, probe, warn_fallback
 from alrt_core.training.distributed import DistributedContext, init_distributed
-from alrt_core.training.ema import WeightEMA
+from alrt_core.training.ema import WeightEMA, restore_weights
 from alrt_core.training.events import EventLog, Listener
 from alrt_core.training.optimizers import (
     build_optimizers,
@@ -44,6 +46,9 @@ from alrt_core.training.optimizers import (
 from alrt_core.training.rank_manager import RankManager
 from alrt_core.training.run_config import resolve_resume_config
 from alrt_core.training.schedule import Schedule, muon_momentum
+from alrt_core.training.swa import WeightSWA
+from serve.generation import Session
+from serve.sampling import SamplingConfig
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 
@@ -136,6 +141,8 @@ class Trainer:
         self.model = GPT(config.model, layer_ranks=ranks).to(ctx.device)
         self.optimizers = build_optimizers(self.model, train)
         self.ema = WeightEMA(self.model, train.ema_decay) if train.ema_decay > 0 else None
+        self.swa = WeightSWA(train.swa_start_frac, train.swa_every) if train.swa_start_frac > 0 else None
+        self.qat_active = False
         self.batches = TrainBatches(self.dataset.train_files, seq_len, train.seed, ctx.rank, ctx.world_size)
         self.ranks = RankManager(
             config.rank, self.model, seed=train.seed,
@@ -151,16 +158,43 @@ class Trainer:
         self.best_bpb, self.evals_without_improvement = math.inf, 0
         if self.checkpoint is not None:
             self._restore(self.checkpoint)
-        if train.compile:
-            # Where inductor cannot build (no C++ compiler, unsupported op), run those parts eagerly, not fail.
-            torch._dynamo.config.suppress_errors = True
-            if self.ranks.active:
-                # Resized factors change parameter shapes. With static parameter shapes every resize would
-                # recompile (~12 s on CPU) until dynamo's recompile limit drops to eager; dynamic ones compile once
-                # more at the first resize and then run at the same speed.
-                torch._dynamo.config.force_parameter_static_shapes = False
-        self.compiled_model: torch.nn.Module = torch.compile(self.model) if train.compile else self.model
+        self.compiled_model: torch.nn.Module = self.model
         self._wrap_for_training()
+
+    def _compile(self) -> None:
+        """torch.compile the model and run one micro-batch forward and backward through it, wrapped as training
+        wraps it (its compile time counts as training time, as it would in the first step). If either fails on any
+        process, every process trains eagerly and the run says so once (stderr and a `compile_fallback` event).
+        Called after `run_start`, so the run's header is on screen while the compiler works."""
+        started = time.perf_counter()
+        compiled, reason = compile_model(self.model, dynamic_parameter_shapes=self.ranks.active)
+        if reason is None:
+            self.compiled_model = compiled
+            self._wrap_for_training()
+            # Trace the layer schedule the first step runs (depth recurrence may switch on later in the run).
+            if self.schedule.progress(self.step, self.elapsed) < self.config.model.recur_start_frac:
+                self.model.set_recurrence(False)
+            position = self.batches.state_dict()
+            inputs, targets = self.batches.next_batch(self.micro_sequences)
+            self.batches.load_state_dict(position)
+
+            def step() -> None:
+                # no_sync: no gradient all-reduce, so a process whose compiler fails cannot leave the others waiting.
+                with self.forward_model.no_sync() if self.ctx.enabled else nullcontext():
+                    with autocast_context(self.ctx.device, self.autocast):
+                        loss = self.forward_model(inputs.to(self.ctx.device), targets.to(self.ctx.device))
+                    loss.backward()
+
+            reason = probe(step)
+            self.model.zero_grad(set_to_none=True)
+        (failures,) = self._synced([1.0 if reason else 0.0])
+        if failures:
+            self.compiled_model = self.model
+            self._wrap_for_training()
+            if self.ctx.is_main:
+                warn_fallback(reason or "failed on another process")
+            self.events.emit("compile_fallback", self.step, reason=reason or "failed on another process")
+        self.elapsed += time.perf_counter() - started
 
     def _wrap_for_training(self) -> None:
         """DDP around the (compiled) model; rebuilt after a resize, since DDP's buckets hold the old parameters."""
@@ -176,6 +210,10 @@ class Trainer:
             optimizer.load_state_dict(saved)
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.swa is not None and state.get("swa") is not None:
+            self.swa.load_state_dict(state["swa"])
+        if state.get("qat_active"):
+            self._set_fake_quant(self.config.train.qat_bits)
         if state.get("rank_manager") is not None:
             self.ranks.load_state_dict(state["rank_manager"])
         self.batches.load_state_dict(state["batches"])
@@ -201,6 +239,8 @@ class Trainer:
         previous_handler = self._install_interrupt_handler()
         try:
             self._emit_start()
+            if self.config.train.compile:
+                self._compile()
             result = self._loop()
         finally:
             self.events.close()
@@ -225,12 +265,14 @@ class Trainer:
         val_bytes = int(self.tokenizer.count_bytes(self.val_tokens[:-1], self.val_tokens[1:]))
         val_scored = self.val_tokens.shape[0] - 1
         planned = config.train.max_steps * config.train.batch_tokens if config.train.max_steps else None
+        artifact = estimate_artifact(self.model)
         self.events.emit(
             "run_start", self.step,
             run_dir=str(self.run_dir), resumed_from=str(self.resume_path) if self.resume_path else None,
             preset=config.preset, device=str(self.ctx.device), world_size=self.ctx.world_size,
             precision="bf16 autocast" if self.autocast else "fp32", compiled=config.train.compile,
             params=params, vocab_size=vocab, layer_ranks=self.model.layer_ranks(),
+            artifact_packed_bytes=artifact.packed_bytes, artifact_estimate_bytes=artifact.compressed_bytes,
             train_tokens=self.batches.total_tokens, tokens_per_epoch=self.batches.tokens_per_epoch,
             val_tokens=val_scored, val_bytes=val_bytes, planned_tokens=planned,
             tokens_per_param_epoch=self.batches.tokens_per_epoch / params,
@@ -270,6 +312,13 @@ class Trainer:
             started = time.perf_counter()
             scale = self.schedule.lr_scale(self.step, self.elapsed)
             set_lr_scale(self.optimizers, scale)
+            # Depth recurrence loops from model.recur_start_frac of the run on (set every step, so resume too).
+            model_config = self.config.model
+            if self.model.set_recurrence(self.schedule.progress(self.step, self.elapsed) >= model_config.recur_start_frac):
+                self.events.emit("recurrence_on", self.step, layers=model_config.recur_layers, loops=model_config.recur_loops)
+            if not self.qat_active and scale < train.qat_lr_threshold and self.step >= train.warmup_steps:
+                self._set_fake_quant(train.qat_bits)
+                self.events.emit("qat_on", self.step, lr_scale=scale, bits=train.qat_bits)
             set_muon_momentum(self.optimizers, muon_momentum(
                 self.step, train.muon_momentum_warmup_start, train.muon_momentum, train.muon_momentum_warmup_steps))
             nll_sum, byte_count, token_count = 0.0, 0, 0
@@ -302,6 +351,8 @@ class Trainer:
             self.step += 1
             self.elapsed += seconds
             self.tokens_seen += int(token_count)
+            if self.swa is not None and self.swa.is_due(self.step, self.schedule.progress(self.step, self.elapsed)):
+                self.swa.add(self.ema.shadow if self.ema is not None else self.model.state_dict())
             self.events.emit(
                 "train_step", self.step,
                 loss=nll_sum / token_count, bpb=nll_sum / (math.log(2) * byte_count), lr_scale=scale,
@@ -313,6 +364,8 @@ class Trainer:
             self._train_seconds_since_rank_update += seconds
             if self.ranks.is_due(self.step):
                 self._update_ranks()
+            if train.sample_every and self.step % train.sample_every == 0 and ctx.is_main:
+                self._sample()
             if self.step % train.eval_every == 0:
                 final = self._evaluate_and_save(max_tokens=train.eval_tokens)
                 last_eval_step = self.step
@@ -332,6 +385,8 @@ class Trainer:
         update = self.ranks.update(self.step, self.model, self.optimizers, self.ema, self.ctx)
         if update.changed:
             self._wrap_for_training()
+            if self.swa is not None:
+                self.swa.follow_resizes(self.model)
         seconds = update.measure_seconds + update.resize_seconds
         self.elapsed += seconds
         if self.ctx.is_main and self.config.rank.log_full:
@@ -352,6 +407,42 @@ class Trainer:
         )
         self._train_seconds_since_rank_update = 0.0
 
+    def _sample(self) -> None:
+        """A short continuation of train.sample_prompt by the generation code of `alrt generate`, with the weights
+        evaluation uses (the EMA when on). Its time is not training time, and its seeded generator leaves the
+        global RNG alone, so a run with samples trains exactly like one without."""
+        train = self.config.train
+        started = time.perf_counter()
+        live = self._swap_in_eval_weights()
+        try:
+            session = Session(self.model, self.tokenizer)
+            prompt = [self.tokenizer.bos_id, *self.tokenizer.encode(train.sample_prompt)]
+            sampling = SamplingConfig(temperature=train.sample_temperature, top_k=50, seed=train.seed + self.step)
+            with autocast_context(self.ctx.device, self.autocast):
+                result = session.generate(prompt, max_new_tokens=train.sample_tokens, sampling=sampling)
+        finally:
+            self.model.train()
+            if live is not None:
+                restore_weights(self.model, live)
+        self.events.emit(
+            "sample", self.step, prompt=train.sample_prompt, text=result.text, new_tokens=result.stats.new_tokens,
+            stop_reason=result.stats.stop_reason, seconds=round(time.perf_counter() - started, 3),
+        )
+
+    def _swap_in_eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """Load the weights evaluation and checkpoints use: the SWA mean once it has a sample, else the EMA, else
+        none (the live weights). Returns the live weights to restore, or None."""
+        if self.swa is not None and self.swa.count:
+            return self.swa.swap_into(self.model)
+        return self.ema.swap_into(self.model) if self.ema is not None else None
+
+    def _set_fake_quant(self, bits: int) -> None:
+        """Late QAT: from now on every projection's training forward sees its weights on the int grid (it stays on,
+        and a resumed run restores it; compiled graphs recompile once for the switch)."""
+        self.qat_active = True
+        for layer in self.model.projections().values():
+            layer.fake_quant_bits = bits
+
     def _fail_non_finite(self, value: float) -> None:
         last = self.run_dir / "last.pt"
         kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
@@ -360,7 +451,7 @@ class Trainer:
 
     def _evaluate_and_save(self, max_tokens: int | None) -> EvalResult:
         config = self.config
-        live = self.ema.swap_into(self.model) if self.ema is not None else None
+        live = self._swap_in_eval_weights()
         try:
             started = time.perf_counter()
             result = evaluate(
@@ -370,7 +461,7 @@ class Trainer:
             )
         finally:
             if live is not None:
-                WeightEMA.restore(self.model, live)
+                restore_weights(self.model, live)
         improved = result.bpb < self.best_bpb
         if improved:
             self.best_bpb, self.evals_without_improvement = result.bpb, 0
@@ -379,6 +470,7 @@ class Trainer:
         self.events.emit(
             "eval", self.step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens,
             val_bytes=result.bytes, best_val_bpb=self.best_bpb, improved=improved, ema=self.ema is not None,
+            swa_samples=self.swa.count if self.swa is not None else None,
             seconds=round(time.perf_counter() - started, 3), full=max_tokens is None,
         )
         if self.ctx.is_main:
@@ -395,6 +487,8 @@ class Trainer:
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "swa": self.swa.state_dict() if self.swa is not None else None,
+            "qat_active": self.qat_active,
             "ranks": self.model.layer_ranks(),
             "rank_manager": self.ranks.state_dict(),
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],

@@ -1,0 +1,153 @@
+"""Causal self-attention of the GPT: RoPE, QK-norm with per-head query gain, GQA, KV cache, and the attention
+switches (XSA, output gate, value embeddings, value residual) plus the document mask shared by all layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alrt_core.config import ModelConfig
+from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.kv_cache import KVCache
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    """RoPE tables for the first `rotary_dims` channels of each head, sized to the trained context."""
+
+    def __init__(self, head_dim: int, rotary_dims: int, max_len: int, base: float) -> None:
+        super().__init__()
+        self.rotary_dims = rotary_dims
+        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dims, 2, dtype=torch.float32) / rotary_dims))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor, start: int) -> Tensor:
+        """Rotate x of shape (batch, heads, time, head_dim) for positions start .. start+time-1."""
+        length = x.shape[2]
+        if start + length > self.cos.shape[0]:
+            raise ValueError(f"positions up to {start + length} exceed the RoPE table of {self.cos.shape[0]}")
+        cos = self.cos[start : start + length].to(x.dtype)
+        sin = self.sin[start : start + length].to(x.dtype)
+        rotated, passthrough = x[..., : self.rotary_dims], x[..., self.rotary_dims :]
+        half = self.rotary_dims // 2
+        x1, x2 = rotated[..., :half], rotated[..., half:]
+        out = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+        return torch.cat((out, passthrough), dim=-1) if passthrough.numel() else out
+
+
+@dataclass
+class ForwardContext:
+    """What every layer application of one forward call shares."""
+
+    start: int  # position of the call's first token (the cache length before the call)
+    mask: Tensor | None  # boolean attention mask (…, time, keys), True = may attend; None: see `causal`
+    causal: bool  # SDPA's is_causal when there is no mask
+    value_embed: Tensor | None = None  # (batch, time, kv_dim) value embeddings, when some block adds them
+    v_first: Tensor | None = None  # value residual: the first layer application's V, set by it
+
+
+def attention_mask(length: int, start: int, history: Tensor | None, bos_id: int, device: torch.device) -> tuple[Tensor | None, bool]:
+    """(mask, is_causal) for `length` queries after `start` cached positions.
+
+    `history` (batch, start + length), the token ids of the cached prefix and the call, turns on the document
+    mask: a query sees only keys of its own document, where a document starts at each BOS (cumulative BOS count)."""
+    if history is None:
+        if start == 0:
+            return None, True
+        if length == 1:
+            return None, False  # one new query after a cached prefix sees every key
+    keys = torch.arange(start + length, device=device)
+    allowed = keys[None, :] <= keys[start:, None]  # (queries, keys): causal over the cached prefix and the call
+    if history is None:
+        return allowed, False
+    document = torch.cumsum((history == bos_id).to(torch.int32), dim=1)
+    same_document = document[:, None, :] == document[:, start:, None]
+    return (same_document & allowed)[:, None], False
+
+
+def exclude_self_value(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: y (batch, heads, time, d) minus each head's component along its own position's unit value vector
+    (v: batch, kv_heads, time, d; the query heads of a KV group share that group's value)."""
+    batch, heads, length, dim = y.shape
+    grouped = y.reshape(batch, v.shape[1], heads // v.shape[1], length, dim)
+    unit = F.normalize(v, dim=-1).unsqueeze(2)
+    return (grouped - (grouped * unit).sum(dim=-1, keepdim=True) * unit).reshape(batch, heads, length, dim)
+
+
+class Attention(nn.Module):
+    def __init__(
+        self, config: ModelConfig, ranks: dict[str, int | None], rotary: Rotary, *, xsa: bool = False,
+        value_embed: bool = False,
+    ) -> None:
+        super().__init__()
+        dim, kv_dim = config.model_dim, config.num_kv_heads * config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.qk_norm = config.qk_norm
+        self.q = FactorizedLinear(dim, dim, ranks["q"])
+        self.k = FactorizedLinear(dim, kv_dim, ranks["k"])
+        self.v = FactorizedLinear(dim, kv_dim, ranks["v"])
+        self.o = FactorizedLinear(dim, dim, ranks["o"], zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((config.num_heads,), config.qk_gain_init))
+        self.rotary = rotary
+        self.xsa = xsa
+        # Output gate sigmoid(W·x) per head: dense reads the whole input (small random init), sparse only its first
+        # attn_gate_dims channels (zero init). Either starts near 0.5; attn_scale absorbs the factor.
+        self.gate_dims = config.attn_gate_dims if config.attn_gate == "sparse" else dim
+        self.gate = nn.Linear(self.gate_dims, config.num_heads, bias=False) if config.attn_gate != "none" else None
+        if self.gate is not None:
+            with torch.no_grad():
+                if config.attn_gate == "dense":
+                    self.gate.weight.normal_(0.0, 0.01)
+                else:
+                    self.gate.weight.zero_()
+        self.value_embed_scale = nn.Parameter(torch.full((1,), 0.1)) if value_embed else None
+        # Value residual: V = l0·V_first + l1·V (the first application mixes its V with itself, so l0 + l1 = 1 there).
+        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if config.value_residual else None
+
+    def forward(self, x: Tensor, slot: int, cache: KVCache | None, ctx: ForwardContext) -> Tensor:
+        batch, length, dim = x.shape
+        q = self.q(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x)
+        if self.value_embed_scale is not None:
+            assert ctx.value_embed is not None
+            v = v + (self.value_embed_scale * ctx.value_embed).to(v.dtype)
+        v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.value_mix is not None:
+            if ctx.v_first is None:
+                ctx.v_first = v
+            mix = self.value_mix.to(v.dtype)
+            v = mix[0] * ctx.v_first + mix[1] * v
+        own_v = v
+        if self.qk_norm:
+            q, k = rms_norm(q), rms_norm(k)
+        q, k = self.rotary(q, ctx.start), self.rotary(k, ctx.start)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        if cache is not None:
+            k, v = cache.write(slot, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        repeat = self.num_heads // self.num_kv_heads
+        if repeat > 1 and length == 1 and ctx.mask is None:
+            # One decoding query per head: the `repeat` query heads of a KV group become `repeat` queries of that
+            # group, so SDPA reads the cached K/V in place instead of a copy repeated over the whole context.
+            grouped = q.view(batch, self.num_kv_heads, repeat, self.head_dim)
+            y = F.scaled_dot_product_attention(grouped, k, v).view(batch, self.num_heads, 1, self.head_dim)
+        else:
+            if repeat > 1:
+                # Repeating K/V keeps the fused SDPA kernels on every backend (enable_gqa is not everywhere).
+                k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal and ctx.mask is None)
+        if self.xsa:
+            y = exclude_self_value(y, own_v)
+        if self.gate is not None:
+            gate = torch.sigmoid(self.gate(x[..., : self.gate_dims]))  # (batch, time, heads)
+            y = y * gate.transpose(1, 2)[..., None]
+        return self.o(y.transpose(1, 2).reshape(batch, length, dim))

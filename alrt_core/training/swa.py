@@ -1,0 +1,81 @@
+"""Stochastic weight averaging (SWA): the uniform mean of weight snapshots over the last part of a run.
+
+From progress `start_frac` on (the larger of the step and wallclock fractions, as the LR schedule measures it),
+every `every`-th step adds a snapshot to a running fp32 mean. Once the mean holds a snapshot, evaluation and
+checkpoints use it, exactly where they would otherwise use the EMA.
+
+How SWA and the EMA combine: the snapshot SWA takes is the weights evaluation would use without SWA, i.e. the EMA
+when `train.ema_decay > 0`, else the live weights. So with both on, the run evaluates a uniform average of EMA
+snapshots from the warmdown. (The parameter-golf records that kept both, e.g. 2026-03-22, collected live-weight
+SWA but then applied only the EMA, which PR #401 found better than SWA alone; averaging the EMA keeps its smoothing
+and lets SWA add a window the EMA's short memory does not cover. `swa_start_frac=0` turns SWA off.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from alrt_core.training.ema import swap_weights
+from alrt_core.training.rank_resize import resize_factor_pair
+
+
+class WeightSWA:
+    def __init__(self, start_frac: float, every: int) -> None:
+        self.start_frac = start_frac
+        self.every = every
+        self.mean: dict[str, Tensor] | None = None
+        self.count = 0
+
+    def is_due(self, step: int, progress: float) -> bool:
+        """Whether the weights after optimizer step `step` (at run progress `progress`) are sampled."""
+        return progress >= self.start_frac and step % self.every == 0
+
+    @torch.no_grad()
+    def add(self, weights: Mapping[str, Tensor]) -> None:
+        """Fold one snapshot into the mean: mean ← mean + (w − mean) / count, in fp32."""
+        self.count += 1
+        if self.mean is None:
+            self.mean = {name: value.detach().float().clone() for name, value in weights.items()}
+            return
+        for name, value in weights.items():
+            if value.is_floating_point():
+                self.mean[name].lerp_(value.detach().float(), 1.0 / self.count)
+            else:
+                self.mean[name].copy_(value)
+
+    @torch.no_grad()
+    def follow_resizes(self, model: nn.Module) -> None:
+        """After rank changes, bring each factor pair of the mean to the layer's new rank the way the EMA is resized
+        (the best rank-r approximation of the averaged U·V when shrinking, zero columns/rows when growing)."""
+        if self.mean is None:
+            return
+        live = model.state_dict()
+        for name in [key for key in self.mean if key.endswith(".U")]:
+            layer = name[: -len(".U")]
+            rank = live[name].shape[1]
+            if self.mean[name].shape[1] != rank:
+                self.mean[name], self.mean[f"{layer}.V"] = resize_factor_pair(self.mean[name], self.mean[f"{layer}.V"], rank)
+
+    def swap_into(self, model: nn.Module) -> dict[str, Tensor]:
+        """Load the mean into `model`; returns the live weights for `WeightEMA.restore` / `restore_weights`."""
+        assert self.mean is not None, "SWA has no snapshot yet"
+        return swap_weights(model, self.mean)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state["count"])
+        self.mean = None if state["mean"] is None else {name: value.float().clone() for name, value in state["mean"].items()}
+
+
+def checkpoint_eval_weights(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The weights a checkpoint was evaluated with: its SWA mean once sampled, else its EMA, else the live model."""
+    swa = checkpoint.get("swa")
+    if swa is not None and swa.get("count", 0) > 0 and swa.get("mean") is not None:
+        return swa["mean"]
+    return checkpoint.get("ema") or checkpoint["model"]
