@@ -10,10 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from alrt_cli.inspect_view import render_model, render_runs, report_console
 from alrt_core.model.gpt import PROJECTION_KINDS
 from alrt_core.reports.ranks import RankReport, rank_report
+from alrt_core.reports.run_curves import read_runs
 from alrt_core.units import format_bytes
 from export.inspect import artifact_report
+from export.inspect_model import DEFAULT_MAX_TOKENS, inspect_model
 
 app = typer.Typer(help="Inspect runs, checkpoints and artifacts.", no_args_is_help=True)
 
@@ -130,3 +133,76 @@ def artifact(
     console.print(table)
     sections = report["sections"]
     console.print(f"header {sections['header']} B + manifest {sections['manifest']:,} B + payload {sections['payload']:,} B")
+
+
+@app.command("model")
+def model(
+    path: Annotated[Path, typer.Argument(metavar="CKPT|ARTIFACT|RUN_DIR", help="A checkpoint, a .alrt artifact, or a run directory (its last.pt).")],
+    data: Annotated[str | None, typer.Option(help="Also break the loss down on data: 'val' (the run's validation split), a shard folder, or a .txt/.jsonl file or folder.")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens of --data to score (a prefix).")] = DEFAULT_MAX_TOKENS,
+    reference: Annotated[Path | None, typer.Option(help="Artifacts: the checkpoint to measure quantisation error against (default: the manifest's source, when unchanged).")] = None,
+    position_bins: Annotated[int, typer.Option(help="Bins of the loss-by-position curve.")] = 16,
+    plot: Annotated[Path | None, typer.Option(help="Folder for PNGs: spectra.png, and with --data position_loss.png and calibration.png.")] = None,
+    device: Annotated[str, typer.Option(help="For --data: auto, cpu or cuda[:N].")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> None:
+    """Weights (spectra, conditioning, outliers), learned scalars and, with --data, where the loss goes.
+
+    eff rank: exp(entropy of σᵢ/Σσ), also as % of min(m,n) (σ: the singular values the layer holds).
+    stable: Σσ²/σ₁².  cond: σ₁/σ_min.  E1: σ₁²/Σσ².  r90: fewest components holding 90% of Σσ².
+    kurt: excess kurtosis of the entries, E[(w−μ)⁴]/E[(w−μ)²]² − 3 (0 for Gaussian).
+    row/col peak: max|w| / RMS of the worst row/column, @ its index.  row/col norm: largest RMS / median RMS.
+    quant err (artifacts): ‖Ŵ−W‖_F/‖W‖_F against the source checkpoint; hessian: GPTQ's tr(ΔHΔᵀ)/tr(WHWᵀ).
+    scalars: the parameters the optimizer trains as scalars (gains, mixes, skip weights, gates), per layer;
+    near 0: mean |x| < 0.01 × max(1, mean |x| at init) (sigmoid gates excepted: 0 is half open).
+
+    With --data: bpb by token class and by position in the window, top-1/top-5 accuracy, most confused pairs,
+    calibration (accuracy per top-1 probability bin; ECE = Σ share·|accuracy − probability|). See the README.
+    """
+    report = inspect_model(path, data=data, max_tokens=max_tokens, reference=reference, device=device,
+                           position_bins=position_bins)
+    written = []
+    if plot is not None:
+        from alrt_core.reports.model_plots import plot_calibration, plot_position_loss, plot_spectra
+
+        name = Path(report.source).name
+        plot_spectra(report.matrices, plot / "spectra.png", title=f"{name}: singular values per kind")
+        written.append(plot / "spectra.png")
+        if report.data is not None:
+            plot_position_loss(report.data["positions"], report.data["bpb"], plot / "position_loss.png",
+                               title=f"{name}: loss by position")
+            plot_calibration(report.data["calibration"], plot / "calibration.png", title=f"{name}: calibration")
+            written += [plot / "position_loss.png", plot / "calibration.png"]
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    console = report_console()
+    render_model(console, report)
+    for file in written:
+        console.print(f"plot written to {file}")
+
+
+@app.command("run")
+def run(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="One or more run directories (train.jsonl, config.json).")],
+    plot: Annotated[Path | None, typer.Option(help="Write the curves of all runs as one PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+) -> None:
+    """Loss/bpb curves against step, tokens and wallclock, learning rate and rank totals of one or several runs.
+
+    Reads only train.jsonl and config.json, so it works on runs that are still going. Summary: best and final
+    validation bpb, steps, tokens seen, training time (evaluation excluded), tokens/s (tokens / training time),
+    parameters, attention+MLP parameters as a share of dense, train bpb (mean of the last 5% of steps).
+    """
+    runs = read_runs(run_dirs)
+    if plot is not None:
+        from alrt_core.reports.run_plots import plot_runs
+
+        plot_runs(runs, plot)
+    if as_json:
+        print(json.dumps({"runs": [r.to_dict() for r in runs]}))
+        return
+    console = report_console()
+    render_runs(console, runs)
+    if plot is not None:
+        console.print(f"plot written to {plot}")

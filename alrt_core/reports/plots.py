@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from alrt_core.fileio import atomic_write_bytes
 from alrt_core.model.gpt import PROJECTION_KINDS, layer_kind
@@ -47,6 +48,11 @@ def plot_rank_history(history: dict[str, list[tuple[int, int | None]]], path: Pa
     for axes in grid[:, 0]:
         axes.set_ylabel("rank")
     figure.suptitle(title or "rank per layer")
+    save_png(figure, path)
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Lay out, render and close `figure`, then write the PNG atomically."""
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png")
