@@ -73,7 +73,8 @@ class TrainConsole:
             + (f"; planned run {e['chinchilla_fraction_planned']:.2f}×)" if e["chinchilla_fraction_planned"] else ")"),
             f"  baseline uniform over the vocabulary: loss {e['uniform_loss']:.3f} nats = {e['uniform_bpb']:.3f} bpb",
             f"  batch    {e['batch_tokens']:,} tokens/step on {e['world_size']} process(es), "
-            f"{e['accumulation']} micro-step(s) of {e['micro_batch_sequences']} sequences, {e['device']} {e['precision']}"
+            f"{e['accumulation']} micro-step(s) of {e['micro_batch_sequences']} sequences"
+            + (" (split to fit CPU memory)" if e.get("micro_batch_capped") else "") + f", {e['device']} {e['precision']}"
             + (", compiled" if e["compiled"] else ""),
         ]
         for line in lines:

@@ -51,6 +51,9 @@ from serve.generation import Session
 from serve.sampling import SamplingConfig
 
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
+# On CPU, micro-batches beyond this many tokens per process are split into more micro-steps: the golf preset's
+# 98,304-token micro-batch needs ~130 GB of activations, and matmuls on a CPU gain nothing from rows beyond this.
+CPU_MICRO_BATCH_TOKENS = 16_384
 
 
 @dataclass
@@ -67,6 +70,14 @@ def rank_summary(model: GPT) -> dict[str, Any]:
     if not ranks:
         return {"rank_min": None, "rank_mean": None, "rank_max": None}
     return {"rank_min": min(ranks), "rank_mean": round(sum(ranks) / len(ranks), 2), "rank_max": max(ranks)}
+
+
+def cpu_micro_sequences(sequences: int, seq_len: int) -> int:
+    """The largest divisor of a micro-batch's `sequences` within CPU_MICRO_BATCH_TOKENS (at least one sequence).
+
+    The same global batch then runs as more micro-steps: the gradient is the same sum over the same rows."""
+    limit = max(1, CPU_MICRO_BATCH_TOKENS // seq_len)
+    return max(d for d in range(1, min(sequences, limit) + 1) if sequences % d == 0)
 
 
 class Trainer:
@@ -133,8 +144,10 @@ class Trainer:
                 f"train.batch_tokens={train.batch_tokens} must split into {ctx.world_size} rank(s) x micro-batches of "
                 f"whole sequences (micro_batch_tokens={micro_tokens}, seq_len={seq_len})"
             )
-        self.micro_sequences = micro_tokens // seq_len
-        self.accumulation = train.batch_tokens // (micro_tokens * ctx.world_size)
+        self.micro_sequences = cpu_micro_sequences(micro_tokens // seq_len, seq_len) if ctx.device.type == "cpu" \
+            else micro_tokens // seq_len
+        self.micro_batch_capped = self.micro_sequences * seq_len < micro_tokens
+        self.accumulation = train.batch_tokens // (self.micro_sequences * seq_len * ctx.world_size)
 
         torch.manual_seed(train.seed)
         ranks = self.checkpoint["ranks"] if self.checkpoint else initial_layer_ranks(config.model, config.rank)
@@ -281,7 +294,7 @@ class Trainer:
             uniform_loss=uniform_baseline_nats(vocab),
             uniform_bpb=uniform_baseline_nats(vocab) / math.log(2) * val_scored / val_bytes,
             batch_tokens=config.train.batch_tokens, micro_batch_sequences=self.micro_sequences,
-            accumulation=self.accumulation, max_steps=config.train.max_steps, max_minutes=config.train.max_minutes,
+            accumulation=self.accumulation, micro_batch_capped=self.micro_batch_capped, max_steps=config.train.max_steps, max_minutes=config.train.max_minutes,
             log_every=config.train.log_every, eval_every=config.train.eval_every,
             rank_policy=config.rank.policy, rank_update_every=self.ranks.update_every if self.ranks.active else None,
             rank_budget_unit=self.ranks.budget_unit, rank_budget=self.ranks.budget,

@@ -148,3 +148,21 @@ def test_early_stopping_after_patience_evals_without_improvement(small_dataset, 
     assert result.stop_reason == "early_stop" and result.steps == 6
     evals = [e for e in read_events(tmp_path / "run" / "train.jsonl") if e["event"] == "eval"]
     assert [e["improved"] for e in evals] == [True, False, False]
+
+
+def test_cpu_splits_large_micro_batches_into_more_micro_steps(small_dataset, tmp_path, monkeypatch):
+    from alrt_core.training import trainer as trainer_module
+
+    # The golf preset on CPU: 48 sequences of 2048 per micro-batch become 6 micro-steps of 8 (16,384 tokens).
+    assert trainer_module.cpu_micro_sequences(48, 2048) == 8
+    assert trainer_module.cpu_micro_sequences(3, 8192) == 1 and trainer_module.cpu_micro_sequences(12, 256) == 12
+    whole = Trainer(tiny_config(small_dataset.root, "train.max_steps=4"), tmp_path / "whole", progress=False)
+    whole.run()
+    monkeypatch.setattr(trainer_module, "CPU_MICRO_BATCH_TOKENS", 3 * 64)  # tiny: 16 sequences of 64 per step
+    split = Trainer(tiny_config(small_dataset.root, "train.max_steps=4"), tmp_path / "split", progress=False)
+    split.run()
+    assert (whole.micro_sequences, whole.accumulation) == (16, 1) and (split.micro_sequences, split.accumulation) == (2, 8)
+    start = read_events(tmp_path / "split" / "train.jsonl")[0]
+    assert start["micro_batch_capped"] is True and start["accumulation"] == 8
+    # The same rows in the same order: the losses agree up to the order of float summation.
+    assert step_losses(tmp_path / "split") == pytest.approx(step_losses(tmp_path / "whole"), rel=1e-4)
