@@ -50,7 +50,7 @@ class InterruptFlag:
 
 
 def generate(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A .alrt artifact or a training checkpoint.")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A .alrt artifact, a training checkpoint, or an .onnx export (decoded by onnxruntime).")],
     prompt: Annotated[str | None, typer.Option(help="Text to continue (default: chat on a terminal, else read stdin).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Interactive multi-turn chat.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Largest number of tokens to generate (per reply in chat).")] = 200,
@@ -70,7 +70,7 @@ def generate(
     sampling.validate()
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be positive, got {max_new_tokens}")
-    loaded = load_model(model_path, device=device)
+    loaded = load_model(model_path, device=device, allow_onnx=True)
     session = Session(loaded.model, loaded.tokenizer)
     errors = Console(stderr=True, highlight=False)
     interactive = chat or (prompt is None and sys.stdin.isatty())

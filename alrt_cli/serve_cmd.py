@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def serve(
-    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A .alrt artifact or a training checkpoint.")],
+    model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A .alrt artifact, a training checkpoint, or an .onnx export (decoded by onnxruntime).")],
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default; 0.0.0.0 exposes it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait behind the running one; more get HTTP 429.")] = 16,
@@ -34,8 +34,8 @@ def serve(
     """Serve /v1/completions and /v1/chat/completions (OpenAI shapes, SSE streaming); the URL goes to stderr."""
     if not model_path.is_file():
         raise UserError(f"no such model file: {model_path}")
-    if not is_artifact(model_path) and not _looks_like_checkpoint(model_path):
-        raise UserError(f"{model_path} is neither a .alrt artifact nor a training checkpoint")
+    if model_path.suffix != ".onnx" and not is_artifact(model_path) and not _looks_like_checkpoint(model_path):
+        raise UserError(f"{model_path} is neither a .alrt artifact, a training checkpoint nor an .onnx export")
     for flag, value in (("--max-queue", max_queue), ("--max-tokens-cap", max_tokens_cap),
                         ("--max-prompt-tokens", max_prompt_tokens), ("--threads", threads)):
         if value is not None and value < 1:
@@ -48,7 +48,7 @@ def serve(
 
     sock = bind_socket(host, port)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    app = create_app(lambda: load_model(model_path, device=device), model_name=name,
+    app = create_app(lambda: load_model(model_path, device=device, allow_onnx=True), model_name=name,
                      limits=ServeLimits(max_queue, max_tokens_cap, max_prompt_tokens, threads),
                      template=ChatTemplate(user_name, bot_name))
     worker: ModelWorker = app.state.worker

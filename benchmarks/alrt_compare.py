@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,12 +54,40 @@ def run_variant(name: str, minutes: float, overrides: list[str], root: Path) -> 
         "--out-dir", str(run_dir), *VARIANTS[name], *[item for o in overrides for item in ("--set", o)],
     ]
     started = time.time()
-    with open(root / f"{name}.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    peak = run_logged(command, root / f"{name}.log", name)
+    return summarize(name, run_dir, peak_rss_mb=peak, wall_s=time.time() - started)
+
+
+def run_logged(command: list[str], log_path: Path, label: str) -> float:
+    """Run one process with its output in `log_path` (exit on failure); its peak RSS in MB.
+
+    Each process gets its own empty inductor cache: a warm cache left by an earlier run of the same graph would
+    spare that variant the compilation time (tens of seconds on CPU) the others pay inside their wallclock budget."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix=f"inductor-{label}-")}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
-        raise SystemExit(f"{name} failed (status {status}); see {root / f'{name}.log'}")
-    return summarize(name, run_dir, peak_rss_mb=usage.ru_maxrss / 1024, wall_s=time.time() - started)
+        raise SystemExit(f"{label} failed (status {status}); see {log_path}")
+    return usage.ru_maxrss / 1024
+
+
+def run_in_sequence(
+    names: list[str], known: Iterable[str], out_dir: Path | None, prefix: str,
+    run_one: Callable[[str, Path], dict], describe: Callable[[dict], str],
+) -> list[dict]:
+    """`run_one(name, root)` for each name, one after another (never concurrently: two trainings on 2 cores slow
+    each other unevenly), with a progress line per name on stderr."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown name(s) {unknown}; known: {', '.join(known)}")
+    root = out_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in names:
+        rows.append(run_one(name, root))
+        print(f"{name}: {describe(rows[-1])}", file=sys.stderr, flush=True)
+    return rows
 
 
 def summarize(name: str, run_dir: Path, peak_rss_mb: float, wall_s: float) -> dict:
@@ -125,15 +154,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    root = args.out_dir or Path(tempfile.mkdtemp(prefix="alrt-compare-"))
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        rows.append(run_variant(name, args.minutes, args.overrides, root))
-        print(f"{name}: val bpb {rows[-1]['val_bpb']:.4f}", file=sys.stderr, flush=True)
+    rows = run_in_sequence(names, VARIANTS, args.out_dir, "alrt-compare-",
+                           lambda name, root: run_variant(name, args.minutes, args.overrides, root),
+                           lambda row: f"val bpb {row['val_bpb']:.4f}")
     dense = next((r for r in rows if r["variant"] == "dense"), None)
     report = {"minutes": args.minutes, "overrides": args.overrides, "rows": rows}
     if dense is not None:

@@ -6,6 +6,8 @@
 Three measurements, each greedy, batch 1, fp32 on CPU (the precision `alrt generate` uses), interleaved over rounds
 (median reported):
 - ours: `serve.generation.Session.generate` — the code behind `alrt generate` — end to end (prefill + decode);
+- ours on onnxruntime: the same `Session` over the model exported by `alrt export onnx` (what
+  `alrt generate model.onnx` runs; the export itself, done once per model, is not timed);
 - reference: `LlamaForCausalLM.generate` (`transformers`, KV cache on, `min_new_tokens` = `max_new_tokens`) on a
   Llama of our width, depth, heads, KV heads and vocabulary whose MLP width makes its parameter count equal ours
   (random weights: its speed does not depend on them);
@@ -36,6 +38,8 @@ from alrt_core.fileio import atomic_write_text  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from benchmarks.reference_llama import build_reference  # noqa: E402
 from export.loader import load_model  # noqa: E402
+from export.onnx_export import onnx_model_bytes  # noqa: E402
+from export.onnx_runtime import OnnxDecoder, create_session  # noqa: E402
 from serve.generation import Session  # noqa: E402
 from serve.sampling import SamplingConfig  # noqa: E402
 
@@ -104,13 +108,18 @@ def main() -> None:
     short_model = with_context(model, len(prompt) + args.new_tokens)  # the trained model itself when that fits
     reference = build_reference(model, context).eval()
 
-    times: dict[str, list[float]] = {"ours": [], "reference": [], "cached_long": [], "recompute_long": []}
+    onnx_decoder = OnnxDecoder(create_session(onnx_model_bytes(short_model, tokenizer, "benchmark")[1],
+                                              threads=args.threads), short_model.config)
+    times: dict[str, list[float]] = {"ours": [], "ours_onnx": [], "reference": [], "cached_long": [], "recompute_long": []}
     ours_tokens = args.new_tokens
     identical = True
     for _ in range(args.rounds):
         tokens, seconds = cached_greedy(short_model, tokenizer, prompt, args.new_tokens)
         ours_tokens = len(tokens)
         times["ours"].append(seconds / len(tokens))
+        onnx_tokens, seconds = cached_greedy(onnx_decoder, tokenizer, prompt, args.new_tokens)
+        times["ours_onnx"].append(seconds / len(onnx_tokens))
+        identical = identical and onnx_tokens == tokens
         times["reference"].append(reference_generate(reference, prompt, args.new_tokens) / args.new_tokens)
         cached, seconds = cached_greedy(long_model, tokenizer, prompt, args.recompute_tokens)
         times["cached_long"].append(seconds / len(cached))
@@ -126,6 +135,7 @@ def main() -> None:
         "recompute_tokens": args.recompute_tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
         "tokens_per_second": {side: 1.0 / seconds for side, seconds in per_token.items()},
         "ours_vs_reference": per_token["reference"] / per_token["ours"],
+        "ours_onnx_vs_reference": per_token["reference"] / per_token["ours_onnx"],
         "cache_vs_recompute": per_token["recompute_long"] / per_token["cached_long"],
         "greedy_tokens_identical": identical,
         "context_extended_to": long_model.config.seq_len,
@@ -145,6 +155,8 @@ def report(result: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column != "side" else "left")
     table.add_row("ours (KV cache, alrt generate)", str(result["new_tokens"]), f"{rate['ours']:.1f}",
                   f"{result['ours_vs_reference']:.2f}× reference")
+    table.add_row("ours on onnxruntime (alrt generate model.onnx)", str(result["new_tokens"]),
+                  f"{rate['ours_onnx']:.1f}", f"{result['ours_onnx_vs_reference']:.2f}× reference")
     table.add_row(f"HF Llama generate ({result['reference_params']:,} params)", str(result["new_tokens"]),
                   f"{rate['reference']:.1f}", "1.00×")
     table.add_row("ours, KV cache", str(result["recompute_tokens"]), f"{rate['cached_long']:.1f}",
@@ -152,7 +164,7 @@ def report(result: dict[str, Any]) -> None:
     table.add_row("ours, full recompute", str(result["recompute_tokens"]), f"{rate['recompute_long']:.1f}", "1.00×")
     console = Console()
     console.print(table)
-    console.print(f"greedy tokens identical (cache vs recompute): {result['greedy_tokens_identical']}; "
+    console.print(f"greedy tokens identical (cache vs recompute, torch vs onnxruntime): {result['greedy_tokens_identical']}; "
                   f"written to {RESULTS}")
 
 

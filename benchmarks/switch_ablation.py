@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alrt_core.fileio import atomic_write_text
-from benchmarks.alrt_compare import RESULTS, summarize
+from benchmarks.alrt_compare import RESULTS, run_in_sequence, run_logged, summarize
 
 GROUPS: dict[str, list[str]] = {
     "baseline": [],
@@ -50,22 +48,12 @@ GROUPS: dict[str, list[str]] = {
 BUDGET = "16MB"
 
 
-def _run(command: list[str], log_path: Path) -> float:
-    """Run one `alrt` process with its output in `log_path`; returns its peak RSS in MB."""
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(command[2:5])} failed (status {status}); see {log_path}")
-    return usage.ru_maxrss / 1024
-
-
 def run_group(name: str, minutes: float, overrides: list[str], root: Path) -> dict:
     run_dir = root / name
     sets = [item for o in [*GROUPS[name], *overrides] for item in ("--set", o)]
     started = time.time()
-    peak = _run([sys.executable, "-m", "alrt_cli", "train", "--preset", "cpu", "--max-minutes", str(minutes),
-                 "--out-dir", str(run_dir), *sets], root / f"{name}.train.log")
+    peak = run_logged([sys.executable, "-m", "alrt_cli", "train", "--preset", "cpu", "--max-minutes", str(minutes),
+                       "--out-dir", str(run_dir), *sets], root / f"{name}.train.log", name)
     row = summarize(name, run_dir, peak_rss_mb=peak, wall_s=time.time() - started)
     quantize_json = root / f"{name}.quantize.json"
     with open(quantize_json, "w") as out:
@@ -105,16 +93,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = [n.strip() for n in args.groups.split(",") if n.strip()]
-    unknown = [n for n in names if n not in GROUPS]
-    if unknown:
-        raise SystemExit(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
-    root = args.out_dir or Path(tempfile.mkdtemp(prefix="alrt-switches-"))
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in names:
-        rows.append(run_group(name, args.minutes, args.overrides, root))
-        print(f"{name}: val bpb {rows[-1]['checkpoint_bpb']:.4f} → {rows[-1]['quantized_bpb']:.4f} quantized",
-              file=sys.stderr, flush=True)
+    rows = run_in_sequence(names, GROUPS, args.out_dir, "alrt-switches-",
+                           lambda name, root: run_group(name, args.minutes, args.overrides, root),
+                           lambda row: f"val bpb {row['checkpoint_bpb']:.4f} → {row['quantized_bpb']:.4f} quantized")
     baseline = next((r for r in rows if r["variant"] == "baseline"), None)
     report = {"minutes": args.minutes, "budget": BUDGET, "overrides": args.overrides, "rows": rows}
     if baseline is not None:

@@ -26,10 +26,10 @@ from export.payload import decode_payload
 
 @dataclass
 class LoadedModel:
-    model: GPT
+    model: GPT  # an export.onnx_runtime.OnnxDecoder for .onnx files (same calling interface for decoding)
     tokenizer: Tokenizer
     config: RunConfig
-    kind: str  # "artifact" | "checkpoint"
+    kind: str  # "artifact" | "checkpoint" | "onnx"
     source: Path
     manifest: dict[str, Any] | None = None
 
@@ -62,10 +62,16 @@ def run_tokenizer(checkpoint_path: Path, config: RunConfig) -> Tokenizer:
     return Tokenizer.load(info.tokenizer_path)
 
 
-def load_model(path: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def load_model(
+    path: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, allow_onnx: bool = False,
+) -> LoadedModel:
+    """An artifact or checkpoint as a `GPT` on `device`; with `allow_onnx`, an `.onnx` export as an onnxruntime
+    `OnnxDecoder` (decoding only: it offers the calls `serve.generation.Session` makes, not training or scoring)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such model file: {path}")
+    if path.suffix == ".onnx":
+        return _load_onnx(path, device, allow_onnx)
     if is_artifact(path):
         manifest, tensors, tokenizer_bytes = load_artifact_weights(path)
         config = RunConfig.from_dict(manifest["config"])
@@ -82,3 +88,20 @@ def load_model(path: Path, *, device: str | torch.device = "cpu", dtype: torch.d
         loaded = LoadedModel(model, run_tokenizer(path, config), config, "checkpoint", path)
     loaded.model = loaded.model.to(device=device, dtype=dtype).eval()
     return loaded
+
+
+def _load_onnx(path: Path, device: str | torch.device, allowed: bool) -> LoadedModel:
+    if not allowed:
+        raise UserError(f"{path}: an ONNX export only decodes (alrt generate, alrt serve); use the .alrt artifact here")
+    if torch.device(device).type != "cpu":
+        raise UserError(f"{path}: ONNX exports run on onnxruntime's CPU provider; drop --device {device}")
+    from export.onnx_runtime import load_decoder  # onnxruntime loads only when an .onnx file is used
+
+    try:
+        decoder, tokenizer, _ = load_decoder(path)
+    except UserError:
+        raise
+    except Exception as error:  # onnxruntime's own errors for a file it cannot read
+        raise UserError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from error
+    config = RunConfig.from_dict({"model": vars(decoder.config)})
+    return LoadedModel(decoder, tokenizer, config, "onnx", path)  # type: ignore[arg-type]

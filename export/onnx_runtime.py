@@ -8,11 +8,18 @@ slots, KV heads and head size from the input shapes, the context length from the
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import torch
+
+from alrt_core.config import ModelConfig
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.errors import UserError
 
 Past = dict[str, np.ndarray]  # graph input name ("past_keys", ...) -> array
 
@@ -74,3 +81,56 @@ def greedy_generate(
             break
         logits, past = run_step(session, np.asarray([[token]]), past)
     return tokens
+
+
+class OnnxCache:
+    """The past of an onnxruntime decoder, with the part of `KVCache`'s interface that `Session` uses."""
+
+    def __init__(self, past: Past, max_len: int) -> None:
+        self.past, self.max_len = past, max_len
+
+    @property
+    def length(self) -> int:
+        return past_length(self.past)
+
+    @property
+    def remaining(self) -> int:
+        return self.max_len - self.length
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (keys/values along their position axis, tokens along theirs)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
+        self.past = {name: value[:, :length] if name == "past_tokens" else value[:, :, :, :length]
+                     for name, value in self.past.items()}
+
+
+class OnnxDecoder:
+    """An exported decoder run by onnxruntime behind the interface `serve.generation.Session` uses from `GPT`
+    (`config`, `device`, `eval`, `new_cache`, and the call with a cache), so `alrt generate` and `alrt serve`
+    decode with it unchanged: same sampling, stop strings, chat and context handling."""
+
+    def __init__(self, session: ort.InferenceSession, config: ModelConfig) -> None:
+        self.session, self.config = session, config
+        self.device = torch.device("cpu")
+
+    def eval(self) -> OnnxDecoder:
+        return self
+
+    def new_cache(self, batch_size: int, dtype: torch.dtype = torch.float32) -> OnnxCache:
+        return OnnxCache(empty_past(self.session, batch_size), self.config.seq_len)  # the graph computes in fp32
+
+    def __call__(self, input_ids: torch.Tensor, *, cache: OnnxCache, logits_from: int = 0) -> torch.Tensor:
+        logits, cache.past = run_step(self.session, input_ids.cpu().numpy(), cache.past)
+        return torch.from_numpy(logits[:, logits_from:])
+
+
+def load_decoder(path: Path, threads: int | None = None) -> tuple[OnnxDecoder, Tokenizer, dict[str, str]]:
+    """The decoder, its tokenizer and its metadata from an `.onnx` file written by `alrt export onnx`."""
+    session = create_session(path, threads)
+    metadata = session_metadata(session)
+    if metadata.get("producer") != "alrt" or "tokenizer_model_base64" not in metadata:
+        raise UserError(f"{path} was not written by `alrt export onnx` (no ALRT metadata)")
+    config = ModelConfig(**json.loads(metadata["model_config"]))
+    tokenizer = Tokenizer.from_bytes(base64.b64decode(metadata["tokenizer_model_base64"]), source=str(path))
+    return OnnxDecoder(session, config), tokenizer, metadata

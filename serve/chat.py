@@ -90,12 +90,7 @@ class ChatSession:
             raise ValueError(f"the message ({len(prompt)} tokens) and the reply budget do not fit the context "
                              f"of {self.session.context} tokens")
         if len(self.session.history) > room:
-            kept = list(self.turns)
-            while kept and 1 + sum(len(self._encode(self.template.user_turn(t.message) + t.reply + self.template.turn_end))
-                                   for t in kept) > room:
-                kept.pop(0)
-                self.dropped_turns += 1
-            self._rebuild(kept)
+            self._forget_oldest_turns(room)
         start = len(self.session.history)
         sampling = self.sampling
         if sampling.seed is not None:
@@ -107,11 +102,24 @@ class ChatSession:
         )
         reply = generation.text.strip("\n")
         # The cache holds the prompt and the sampled tokens (possibly past the stop string); keep exactly the turn.
+        # Its re-encoding ends with turn_end, which the reply budget did not count: it may need older turns gone.
+        turn_ids = prompt + self._encode(reply + self.template.turn_end)
         self.session.truncate(start)
-        self.session.feed(prompt + self._encode(reply + self.template.turn_end))
+        if len(turn_ids) > self.session.cache.remaining:
+            self._forget_oldest_turns(self.session.context - len(turn_ids))
+        self.turn_starts.append(len(self.session.history))
+        self.session.feed(turn_ids)
         self.turns.append(Turn(message, reply))
-        self.turn_starts.append(start)
         return generation
+
+    def _forget_oldest_turns(self, room: int) -> None:
+        """Drop the oldest turns until BOS and the rest fit in `room` tokens, and re-prefill those."""
+        kept = list(self.turns)
+        while kept and 1 + sum(len(self._encode(self.template.user_turn(t.message) + t.reply + self.template.turn_end))
+                               for t in kept) > room:
+            kept.pop(0)
+            self.dropped_turns += 1
+        self._rebuild(kept)
 
     def regenerate(self, **kwargs) -> Generation:  # noqa: ANN003 - same keywords as send
         if not self.turns:

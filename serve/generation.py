@@ -47,7 +47,7 @@ class Session:
 
     def __init__(self, model: GPT, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.device = model.embed.weight.device
+        self.device = model.device
         self.context = model.config.seq_len
         self.cache: KVCache = model.new_cache(batch_size=1, dtype=dtype)
         self.history: list[int] = []  # every token whose keys/values are in the cache

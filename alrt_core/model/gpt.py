@@ -130,6 +130,10 @@ class GPT(nn.Module):
             if self.head is not None:
                 self.head.weight.zero_()
 
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
     def projections(self) -> dict[str, FactorizedLinear]:
         """Every factorisable projection by its stable name, e.g. `blocks.3.attn.q`."""
         return {name: module for name, module in self.named_modules() if isinstance(module, FactorizedLinear)}

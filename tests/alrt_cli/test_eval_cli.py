@@ -7,17 +7,13 @@ from pathlib import Path
 
 import pytest
 from cli_runner import alrt
-
-from alrt_core.config import apply_overrides, preset
-from alrt_core.training.trainer import Trainer
+from run_helpers import train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(small_dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("eval") / "run"
-    config = preset("tiny")
-    config.data.path = str(small_dataset.root)
-    Trainer(apply_overrides(config, ["train.max_steps=12", "train.eval_every=12"]), run_dir, progress=False).run()
+    run_dir = train_tiny(tmp_path_factory.mktemp("eval") / "run", small_dataset.root, "train.max_steps=12",
+                         "train.eval_every=12")
     quantized = alrt("quantize", str(run_dir / "last.pt"), "--calib-tokens", "2048", "--small-max", "0")
     assert quantized.returncode == 0, quantized.stderr
     return run_dir

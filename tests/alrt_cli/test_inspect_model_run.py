@@ -11,15 +11,14 @@ import pytest
 import torch
 from cli_runner import alrt
 from rich.console import Console
+from run_helpers import train_tiny
 from typer.testing import CliRunner
 
 from alrt_cli.app import app
 from alrt_cli.inspect_view import render_model
-from alrt_core.config import apply_overrides, preset
 from alrt_core.errors import UserError
 from alrt_core.eval_report import EvalOptions, run_eval
 from alrt_core.training.checkpoint import load_checkpoint
-from alrt_core.training.trainer import Trainer
 from export.artifact import write_artifact
 from export.inspect_model import inspect_model
 from export.loader import load_model
@@ -33,12 +32,8 @@ def runs(small_dataset, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inspect-model")
     paths = {}
     for name, policy in (("alrt", "stable"), ("dense", "dense")):
-        config = preset("tiny")
-        config.data.path = str(small_dataset.root)
-        config = apply_overrides(config, ["train.max_steps=6", "train.eval_every=3", "rank.safety_factor=1.2",
-                                          f"rank.policy={policy}"])
-        Trainer(config, root / name, progress=False).run()
-        paths[name] = root / name
+        paths[name] = train_tiny(root / name, small_dataset.root, "train.max_steps=6", "train.eval_every=3",
+                                 "rank.safety_factor=1.2", f"rank.policy={policy}")
     result = quantize_checkpoint(paths["alrt"] / "last.pt", QuantizeOptions(calib_tokens=2048))
     write_artifact(root / "model.alrt", result.data)
     paths["artifact"] = root / "model.alrt"

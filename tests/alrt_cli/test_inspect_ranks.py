@@ -8,23 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import alrt
+from run_helpers import train_tiny
 
 from alrt_cli.inspect_cmd import sparkline
-from alrt_core.config import apply_overrides, preset
 from alrt_core.reports.ranks import rank_report
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.events import read_events
-from alrt_core.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
 def alrt_run(small_dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("inspect") / "run"
-    config = preset("tiny")
-    config.data.path = str(small_dataset.root)
-    config = apply_overrides(config, ["train.max_steps=9", "train.eval_every=9", "rank.safety_factor=1.2"])
-    Trainer(config, run_dir, progress=False).run()
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("inspect") / "run", small_dataset.root, "train.max_steps=9",
+                      "train.eval_every=9", "rank.safety_factor=1.2")
 
 
 def test_json_report_matches_the_checkpoint(alrt_run):

@@ -13,20 +13,21 @@ import pytest
 import torch
 from cli_runner import alrt
 from model_helpers import ALL_ON, perturb
+from run_helpers import train_tiny
 from typer.testing import CliRunner
 
 from alrt_cli.app import app
-from alrt_core.config import ModelConfig, apply_overrides, preset
+from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from alrt_core.training.trainer import Trainer
 from export.artifact import write_artifact
 from export.loader import load_model
 from export.onnx_export import onnx_model_bytes, verify_against_torch, write_checked
 from export.onnx_graph import cache_slots
 from export.onnx_runtime import create_session, empty_past, greedy_generate, run_step
 from export.quantize import QuantizeOptions, quantize_checkpoint
+from serve.chat import ChatSession
 from serve.generation import Session
 from serve.sampling import SamplingConfig
 
@@ -130,12 +131,9 @@ def test_greedy_stops_when_the_context_is_full_like_the_session(exported, tokeni
 @pytest.fixture(scope="module")
 def artifact(small_dataset, tmp_path_factory) -> Path:
     """A tiny trained run quantised to a .alrt (as tests/export/test_quantize.py builds one; some layers kept as U·V)."""
-    run_dir = tmp_path_factory.mktemp("onnx") / "run"
-    config = preset("tiny")
-    config.data.path = str(small_dataset.root)
-    config = apply_overrides(config, ["train.max_steps=2", "train.eval_every=2", "train.eval_tokens=1024",
-                                      "rank.policy=fixed", "rank.kinds=q=8,k=8,v=8,o=40,mlp=60"])
-    Trainer(config, run_dir, progress=False).run()
+    run_dir = train_tiny(tmp_path_factory.mktemp("onnx") / "run", small_dataset.root, "train.max_steps=2",
+                         "train.eval_every=2", "train.eval_tokens=1024", "rank.policy=fixed",
+                         "rank.kinds=q=8,k=8,v=8,o=40,mlp=60")
     result = quantize_checkpoint(run_dir / "last.pt", QuantizeOptions(calib_tokens=1024, small_max=0))
     write_artifact(run_dir / "model.alrt", result.data)
     return run_dir / "model.alrt"
@@ -178,3 +176,35 @@ def test_cli_bad_path_is_a_one_line_error(tmp_path):
     result = alrt("export", "onnx", "/nonexistent/model.alrt", "--out", str(tmp_path / "m.onnx"))
     assert result.returncode == 2 and result.stdout == "" and list(tmp_path.iterdir()) == []
     assert result.stderr.strip().splitlines() == ["error: no such model file: /nonexistent/model.alrt"]
+
+
+def test_session_and_chat_on_the_onnx_decoder_equal_torch(exported, tokenizer, tmp_path):
+    _, model, data = exported
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    loaded = load_model(path, allow_onnx=True)
+    assert loaded.kind == "onnx" and loaded.model.config.seq_len == model.config.seq_len
+    greedy = SamplingConfig(temperature=0.0)
+    prompt = [tokenizer.bos_id, *tokenizer.encode("Thou art")]
+    ours = Session(loaded.model, loaded.tokenizer).generate(prompt, max_new_tokens=20, sampling=greedy)
+    assert ours.token_ids == Session(model, tokenizer).generate(prompt, max_new_tokens=20, sampling=greedy).token_ids
+
+    def conversation(decoder) -> list[str]:
+        # Two turns and a regeneration: the cache is extended across turns and truncated for /regen.
+        chat = ChatSession(Session(decoder, tokenizer), sampling=greedy, max_new_tokens=8)
+        replies = [chat.send("Good morrow").text, chat.send("What news").text, chat.regenerate().text]
+        return [*replies, str(len(chat.session.history))]
+
+    assert conversation(loaded.model) == conversation(model)
+
+
+def test_generate_reads_an_onnx_export_like_its_artifact(artifact, tmp_path):
+    out = tmp_path / "model.onnx"
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", "onnx", str(artifact), "--out", str(out)]).exit_code == 0
+    args = ["--prompt", "KING.", "--max-new-tokens", "16", "--temperature", "0"]
+    from_onnx = runner.invoke(app, ["generate", str(out), *args])
+    from_artifact = runner.invoke(app, ["generate", str(artifact), *args])
+    assert from_onnx.exit_code == 0 and from_onnx.stdout == from_artifact.stdout and from_onnx.stdout.strip()
+    with pytest.raises(UserError, match="an ONNX export only decodes"):
+        load_model(out)  # eval, quantize and inspect need the weights, not the graph

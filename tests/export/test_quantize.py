@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import alrt
+from run_helpers import train_tiny
 
-from alrt_core.config import apply_overrides, preset
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from alrt_core.training.trainer import Trainer
 from export.artifact import write_artifact
 from export.loader import load_model
 from export.quantize import QuantizeOptions, fold_decision, quantize_checkpoint
@@ -23,13 +22,10 @@ FAST = {"calib_tokens": 2048, "small_max": 0}
 
 @pytest.fixture(scope="module")
 def checkpoint(small_dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("quantize") / "run"
-    config = preset("tiny")
-    config.data.path = str(small_dataset.root)
     # Fixed ranks chosen so that some layers pack smaller as factors (q, k, v) and others folded (o, MLP).
-    config = apply_overrides(config, ["train.max_steps=9", "train.eval_every=9", "rank.policy=fixed",
-                                      "rank.kinds=q=8,k=8,v=8,o=40,mlp=60", "train.ema_decay=0.5"])
-    Trainer(config, run_dir, progress=False).run()
+    run_dir = train_tiny(tmp_path_factory.mktemp("quantize") / "run", small_dataset.root, "train.max_steps=9",
+                         "train.eval_every=9", "rank.policy=fixed", "rank.kinds=q=8,k=8,v=8,o=40,mlp=60",
+                         "train.ema_decay=0.5")
     return run_dir / "last.pt"
 
 

@@ -18,11 +18,10 @@ import openai
 import pytest
 import uvicorn
 from cli_runner import ROOT
+from run_helpers import train_tiny
 
 from alrt_cli import serve_cmd
-from alrt_core.config import apply_overrides, preset
 from alrt_core.errors import UserError
-from alrt_core.training.trainer import Trainer
 from export.artifact import write_artifact
 from export.loader import LoadedModel, load_model
 from export.quantize import QuantizeOptions, quantize_checkpoint
@@ -38,11 +37,8 @@ PROMPTS = ["KING.\nWhat news", "Thou art", "O, ", "MACBETH.\n"]
 
 @pytest.fixture(scope="module")
 def checkpoint(small_dataset, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("serve") / "run"
-    config = preset("tiny")
-    config.data.path = str(small_dataset.root)
-    Trainer(apply_overrides(config, ["train.max_steps=8", "train.eval_every=8", "model.seq_len=128"]), run_dir,
-            progress=False).run()
+    run_dir = train_tiny(tmp_path_factory.mktemp("serve") / "run", small_dataset.root, "train.max_steps=8",
+                         "train.eval_every=8", "model.seq_len=128")
     return run_dir / "last.pt"
 
 
@@ -378,7 +374,7 @@ def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, refe
     with pytest.raises(UserError, match="no such model file: .*missing.alrt"):
         serve_cmd.serve(tmp_path / "missing.alrt", port=0)
     (tmp_path / "junk.bin").write_bytes(b"not a model")
-    with pytest.raises(UserError, match="neither a .alrt artifact nor a training checkpoint"):
+    with pytest.raises(UserError, match="neither a .alrt artifact, a training checkpoint nor an .onnx export"):
         serve_cmd.serve(tmp_path / "junk.bin", port=0)
     with pytest.raises(UserError, match="--max-queue must be at least 1"):
         serve_cmd.serve(checkpoint, port=0, max_queue=0)
