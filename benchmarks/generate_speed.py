@@ -39,7 +39,7 @@ from alrt_core.model.gpt import GPT  # noqa: E402
 from benchmarks.reference_llama import build_reference  # noqa: E402
 from export.loader import load_model  # noqa: E402
 from export.onnx_export import onnx_model_bytes  # noqa: E402
-from export.onnx_runtime import OnnxDecoder, create_session  # noqa: E402
+from export.onnx_runtime import create_session, decoder_from_session  # noqa: E402
 from serve.generation import Session  # noqa: E402
 from serve.sampling import SamplingConfig  # noqa: E402
 
@@ -108,8 +108,8 @@ def main() -> None:
     short_model = with_context(model, len(prompt) + args.new_tokens)  # the trained model itself when that fits
     reference = build_reference(model, context).eval()
 
-    onnx_decoder = OnnxDecoder(create_session(onnx_model_bytes(short_model, tokenizer, "benchmark")[1],
-                                              threads=args.threads), short_model.config)
+    onnx_decoder, _ = decoder_from_session(create_session(onnx_model_bytes(short_model, tokenizer, "benchmark")[1],
+                                                          threads=args.threads))
     times: dict[str, list[float]] = {"ours": [], "ours_onnx": [], "reference": [], "cached_long": [], "recompute_long": []}
     ours_tokens = args.new_tokens
     identical = True

@@ -98,7 +98,7 @@ def _load_onnx(path: Path, device: str | torch.device, allowed: bool) -> LoadedM
     from export.onnx_runtime import load_decoder  # onnxruntime loads only when an .onnx file is used
 
     try:
-        decoder, tokenizer, _ = load_decoder(path)
+        decoder, tokenizer = load_decoder(path)
     except UserError:
         raise
     except Exception as error:  # onnxruntime's own errors for a file it cannot read

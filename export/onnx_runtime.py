@@ -65,22 +65,20 @@ def run_step(session: ort.InferenceSession, input_ids: np.ndarray, past: Past) -
 def greedy_generate(
     session: ort.InferenceSession, prompt_ids: Sequence[int], max_new_tokens: int, *, eos_id: int | None = None
 ) -> list[int]:
-    """Greedy tokens after `prompt_ids` (batch 1): prefill once, then one token per step, presents fed back as past.
+    """Greedy tokens after `prompt_ids` (batch 1), decoded by `alrt generate`'s own `Session` over the graph:
+    prefill once, then one token per step, presents fed back as past. It stops as `Session` does: after the
+    tokenizer's EOS (`eos_id`, when given, must be that id), after `max_new_tokens`, or when the context is full."""
+    from serve.generation import Session  # serve builds on export; imported here, where it is used
+    from serve.sampling import SamplingConfig
 
-    Stops like `serve.generation.Session.generate` with temperature 0: after `eos_id` (when given and >= 0), after
-    `max_new_tokens`, or when the context in the metadata is full (the token that fills it is still returned)."""
-    context = int(session_metadata(session)["context_length"])
-    if not 0 < len(prompt_ids) <= context:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {context}")
-    logits, past = run_step(session, np.asarray([prompt_ids]), empty_past(session, 1))
-    tokens: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(np.argmax(logits[0, -1]))
-        tokens.append(token)
-        if (eos_id is not None and eos_id >= 0 and token == eos_id) or past_length(past) >= context:
-            break
-        logits, past = run_step(session, np.asarray([[token]]), past)
-    return tokens
+    decoder, tokenizer = decoder_from_session(session)
+    if eos_id is not None and eos_id != tokenizer.eos_id:
+        raise ValueError(f"eos_id {eos_id} is not the exported tokenizer's EOS ({tokenizer.eos_id})")
+    if not 0 < len(prompt_ids) <= decoder.config.seq_len:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit the context of {decoder.config.seq_len}")
+    result = Session(decoder, tokenizer).generate(list(prompt_ids), max_new_tokens=max_new_tokens,
+                                                  sampling=SamplingConfig(temperature=0.0))
+    return result.token_ids
 
 
 class OnnxCache:
@@ -125,12 +123,16 @@ class OnnxDecoder:
         return torch.from_numpy(logits[:, logits_from:])
 
 
-def load_decoder(path: Path, threads: int | None = None) -> tuple[OnnxDecoder, Tokenizer, dict[str, str]]:
-    """The decoder, its tokenizer and its metadata from an `.onnx` file written by `alrt export onnx`."""
-    session = create_session(path, threads)
+def decoder_from_session(session: ort.InferenceSession, source: str = "<onnx>") -> tuple[OnnxDecoder, Tokenizer]:
+    """The decoder and its tokenizer from a session on a graph written by `alrt export onnx` (its metadata)."""
     metadata = session_metadata(session)
     if metadata.get("producer") != "alrt" or "tokenizer_model_base64" not in metadata:
-        raise UserError(f"{path} was not written by `alrt export onnx` (no ALRT metadata)")
+        raise UserError(f"{source} was not written by `alrt export onnx` (no ALRT metadata)")
     config = ModelConfig(**json.loads(metadata["model_config"]))
-    tokenizer = Tokenizer.from_bytes(base64.b64decode(metadata["tokenizer_model_base64"]), source=str(path))
-    return OnnxDecoder(session, config), tokenizer, metadata
+    tokenizer = Tokenizer.from_bytes(base64.b64decode(metadata["tokenizer_model_base64"]), source=source)
+    return OnnxDecoder(session, config), tokenizer
+
+
+def load_decoder(path: Path, threads: int | None = None) -> tuple[OnnxDecoder, Tokenizer]:
+    """The decoder and its tokenizer from an `.onnx` file written by `alrt export onnx`."""
+    return decoder_from_session(create_session(path, threads), str(path))
