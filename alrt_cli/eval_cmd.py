@@ -68,14 +68,14 @@ def evaluate_command(
                               on_progress=on_progress)
         report = {"model_path": str(model_path), "kind": loaded.kind,
                   "compare_path": str(compare) if compare else None, "world_size": ctx.world_size, **report}
-        if not ctx.is_main:
-            return
-        if as_json:
+        if ctx.is_main and as_json:
             print(json.dumps(report, default=float))
-            return
-        _render(console, report)
-    finally:
-        shutdown_distributed()
+        elif ctx.is_main:
+            _render(console, report)
+    except BaseException:
+        shutdown_distributed(clean=False)
+        raise
+    shutdown_distributed()
 
 
 def _render(console: Console, r: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,10 +31,10 @@ def _bit_overrides(items: list[str] | None) -> dict[str, int]:
     return overrides
 
 
-def _val_bpb(path: Path, data: str | None) -> float:
-    """Validation bpb of a checkpoint or artifact, the way `alrt eval` computes it (plain windows)."""
+def _val_report(path: Path, stream: tuple[np.ndarray, str]) -> dict[str, Any]:
+    """`alrt eval`'s report (plain windows) of a checkpoint or artifact on the held-out `stream`."""
     loaded = load_model(path)
-    return run_eval(loaded.model, loaded.tokenizer, loaded.config, EvalOptions(data=data))["bpb"]
+    return run_eval(loaded.model, loaded.tokenizer, loaded.config, EvalOptions(), stream=stream)
 
 
 def _summary(result: QuantizeResult, budget: int | None) -> dict[str, Any]:
@@ -61,6 +62,7 @@ def _summary(result: QuantizeResult, budget: int | None) -> dict[str, Any]:
         "compressor": result.manifest["compressor"], "storage": result.manifest["storage"],
         "classes": per_class, "fold": result.fold,
         "actions": [{"action": a.action, "detail": a.detail, "size": a.size} for a in result.actions],
+        "calibration": result.manifest["calibration"],
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
     }
 
@@ -79,7 +81,7 @@ def quantize(
     storage: Annotated[str, typer.Option(help="auto, packed (dense bits) or bytes (one byte per value).")] = "auto",
     count_code: Annotated[list[Path] | None, typer.Option("--count-code", help="Files or folders whose bytes count against the budget (repeatable).")] = None,
     small_max: Annotated[int, typer.Option(help="Matrices with at most this many values stay fp16.")] = 4096,
-    data: Annotated[str | None, typer.Option(help="Calibration/eval data (default: the run's).")] = None,
+    data: Annotated[str | None, typer.Option(help="Calibration/eval data (default: the run's): a shard folder (train shards calibrate, val shards evaluate) or .txt/.jsonl text, tokenised with the model's tokenizer and split by document (5% held out for --eval).")] = None,
     run_eval: Annotated[bool, typer.Option("--eval", help="Validation bpb of the checkpoint and of the artifact (the quant gap).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> None:
@@ -111,8 +113,12 @@ def quantize(
     write_artifact(out_path, result.data)
     summary = {"artifact": str(out_path), **_summary(result, budget_bytes)}
     if run_eval:
-        before, after = _val_bpb(checkpoint, data), _val_bpb(out_path, data)
-        summary["eval"] = {"checkpoint_bpb": before, "artifact_bpb": after, "quant_gap": after - before}
+        # Exactly what calibration held out (never its documents), for the checkpoint and the artifact alike.
+        stream = result.calibration_data.evaluation_tokens()
+        before, after = _val_report(checkpoint, stream), _val_report(out_path, stream)
+        summary["eval"] = {"checkpoint_bpb": before["bpb"], "artifact_bpb": after["bpb"],
+                           "quant_gap": after["bpb"] - before["bpb"], "data": stream[1], "tokens": before["tokens"],
+                           "documents": result.manifest["calibration"]["held_out_documents"]}
     if as_json:
         print(json.dumps(summary))
         return
@@ -144,9 +150,10 @@ def _render(console: Console, s: dict[str, Any]) -> None:
     if s["budget"] is not None:
         line += f"; budget {format_bytes(s['budget'])}, headroom {s['headroom']:,} bytes"
     console.print(line)
+    console.print(f"calibration: {s['calibration']['tokens']:,} tokens of {s['calibration']['data']}")
     if "eval" in s:
         e = s["eval"]
         console.print(f"val bpb: checkpoint {e['checkpoint_bpb']:.4f} → artifact {e['artifact_bpb']:.4f} "
-                      f"(quant gap {e['quant_gap']:+.4f})")
+                      f"(quant gap {e['quant_gap']:+.4f}) on {e['tokens']:,} tokens of {e['data']}")
     console.print(f"[dim]took {s['seconds']['total']:.1f} s (calibration {s['seconds']['calibrate']:.1f} s, "
                   f"GPTQ {s['seconds']['quantize']:.1f} s, fitting {s['seconds']['fit']:.1f} s)[/]")

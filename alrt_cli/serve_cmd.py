@@ -24,7 +24,8 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Requests that may wait behind the running one; more get HTTP 429.")] = 16,
     max_tokens_cap: Annotated[int, typer.Option(help="The largest max_tokens a request may ask for.")] = 512,
     max_prompt_tokens: Annotated[int | None, typer.Option(help="Longest prompt in tokens (default: the model's context).")] = None,
-    model_name: Annotated[str | None, typer.Option(help="The name clients pass as `model` (default: the file stem).")] = None,
+    model_name: Annotated[str | None, typer.Option(help="The model id the server reports (default: the file stem).")] = None,
+    strict_model: Annotated[bool, typer.Option("--strict-model", help="Refuse requests whose `model` is not that id (HTTP 400); by default any name is served.")] = False,
     user_name: Annotated[str, typer.Option(help="Chat template: the speaker name of user turns.")] = ChatTemplate.user,
     bot_name: Annotated[str, typer.Option(help="Chat template: the speaker name of assistant turns.")] = ChatTemplate.bot,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
@@ -50,7 +51,7 @@ def serve(
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     app = create_app(lambda: load_model(model_path, device=device, allow_onnx=True), model_name=name,
                      limits=ServeLimits(max_queue, max_tokens_cap, max_prompt_tokens, threads),
-                     template=ChatTemplate(user_name, bot_name))
+                     template=ChatTemplate(user_name, bot_name), strict_model=strict_model)
     worker: ModelWorker = app.state.worker
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host

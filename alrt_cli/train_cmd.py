@@ -11,6 +11,7 @@ import typer
 
 from alrt_cli.train_view import TrainConsole
 from alrt_core.config import PRESETS, RunConfig, apply_overrides, preset, set_value
+from alrt_core.errors import UserError
 from alrt_core.training.distributed import shutdown_distributed
 from alrt_core.training.trainer import Trainer
 
@@ -37,8 +38,10 @@ def train(
     rank_update_every: Annotated[int | None, typer.Option(help="Steps between rank updates (default: once per epoch, at most 100).", rich_help_panel="Ranks")] = None,
     safety_factor: Annotated[float | None, typer.Option(help="stable: target rank = ceil(safety · EMA of the stable rank).", rich_help_panel="Ranks")] = None,
     change_threshold: Annotated[float | None, typer.Option(help="Relative |target - rank| / rank under which a layer keeps its rank.", rich_help_panel="Ranks")] = None,
-    max_step: Annotated[float | None, typer.Option(help="Largest rank change per update, as a fraction of the rank.", rich_help_panel="Ranks")] = None,
-    ema_decay: Annotated[float | None, typer.Option(help="EMA weight of the previous stable-rank estimate.", rich_help_panel="Ranks")] = None,
+    rank_max_step: Annotated[float | None, typer.Option(help="Largest rank change per update, as a fraction of the rank.", rich_help_panel="Ranks")] = None,
+    rank_ema_decay: Annotated[float | None, typer.Option(help="EMA weight of the previous stable-rank estimate (the rank controller's; the weight EMA is --set train.ema_decay=D).", rich_help_panel="Ranks")] = None,
+    old_max_step: Annotated[float | None, typer.Option("--max-step", hidden=True)] = None,
+    old_ema_decay: Annotated[float | None, typer.Option("--ema-decay", hidden=True)] = None,
     resize_method: Annotated[str | None, typer.Option(help="svd (truncated SVD, sqrt split) | truncate.", rich_help_panel="Ranks")] = None,
     on_resize: Annotated[str | None, typer.Option(help="project the optimizer state into the new factors | reset it.", rich_help_panel="Ranks")] = None,
     target_params: Annotated[int | None, typer.Option(help="Budget-driven ranks: total model parameters to track.", rich_help_panel="Ranks")] = None,
@@ -48,6 +51,12 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
 ) -> None:
     """Train a GPT with factorised projections on the embedded corpus or your data."""
+    # Renamed flags: --max-step sat beside --max-steps, and --ema-decay read as the weight EMA.
+    for given_old, old_name, new_name in ((old_max_step, "--max-step", "--rank-max-step"),
+                                          (old_ema_decay, "--ema-decay", "--rank-ema-decay")):
+        if given_old is not None:
+            hint = " (the weight EMA is --set train.ema_decay=D)" if old_name == "--ema-decay" else ""
+            raise UserError(f"{old_name} was renamed {new_name}: it sets the rank controller's setting{hint}")
     flags = {
         "data.path": data, "data.tokenizer": tokenizer, "data.vocab_size": vocab_size, "train.max_minutes": max_minutes,
         "train.max_steps": max_steps, "train.seed": seed, "train.eval_every": eval_every,
@@ -55,7 +64,7 @@ def train(
         "train.sample_every": sample_every, "train.sample_prompt": sample_prompt,
         "rank.policy": rank_policy, "rank.init": rank_init, "rank.kinds": rank_kinds, "rank.final": rank_final,
         "rank.update_every": rank_update_every, "rank.safety_factor": safety_factor,
-        "rank.change_threshold": change_threshold, "rank.max_step": max_step, "rank.ema_decay": ema_decay,
+        "rank.change_threshold": change_threshold, "rank.max_step": rank_max_step, "rank.ema_decay": rank_ema_decay,
         "rank.resize_method": resize_method, "rank.on_resize": on_resize, "rank.target_params": target_params,
         "rank.target_bytes": target_bytes, "rank.log_full": log_ranks_full,
     }
@@ -76,5 +85,7 @@ def train(
     listeners = [TrainConsole()] if is_main else []
     try:
         Trainer(config, run_dir, resume=resume, resume_changes=given, listeners=listeners, device=device, progress=is_main).run()
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(clean=False)
+        raise
+    shutdown_distributed()

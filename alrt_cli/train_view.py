@@ -77,6 +77,10 @@ class TrainConsole:
             + (" (split to fit CPU memory)" if e.get("micro_batch_capped") else "") + f", {e['device']} {e['precision']}"
             + (", compiled" if e["compiled"] else ""),
         ]
+        probe = e.get("precision_probe")
+        if probe and probe.get("fp32_gflops") is not None:
+            lines.append(f"  precision {probe['chosen']} (auto): this model's matmuls ran fp32 {probe['fp32_gflops']:,.0f} "
+                         f"vs bf16 {probe['bf16_gflops']:,.0f} GFLOP/s in a {probe['seconds']:.2f} s probe")
         for line in lines:
             self.console.print(line)
         if self.console.is_terminal:
@@ -108,6 +112,8 @@ class TrainConsole:
     def _on_eval(self, e: dict[str, Any]) -> None:
         mark = " [green]best[/]" if e["improved"] else ""
         scope = "" if e["full"] else f" ({_fmt_tokens(e['val_tokens'])} tokens)"
+        if not e.get("compared", True):
+            scope += " (whole split, not compared)"
         self._print(f"  [bold cyan]eval[/] step {e['step']}: val loss {e['val_loss']:.4f}, val bpb {e['val_bpb']:.4f}{scope}{mark}")
 
     def _on_rank_update(self, e: dict[str, Any]) -> None:

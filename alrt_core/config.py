@@ -141,7 +141,7 @@ class TrainConfig:
     eval_tokens: int | None = None  # cap on validation tokens per periodic eval (None = all)
     log_every: int = 25
     early_stop_patience: int | None = None  # evals without improvement before stopping
-    autocast: str = "auto"  # auto (bf16 on CUDA and on CPUs with AMX, else fp32) | bf16 | off
+    autocast: str = "auto"  # auto (bf16 on CUDA; on a CPU whichever a timed matmul probe finds faster) | bf16 | off
     compile: bool = False  # torch.compile the model
     sample_every: int = 0  # steps between text samples printed and logged as `sample` events (0: none)
     sample_prompt: str = ""  # text the samples continue ("" starts from BOS alone)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from alrt_core.config import RunConfig
-from alrt_core.data.documents import read_documents
+from alrt_core.data.documents import Document, read_documents
 from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.data.shards import list_shards, read_shard
 from alrt_core.data.tokenizer import Tokenizer
@@ -40,12 +40,33 @@ class EvalOptions:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
+def same_tokenizer(path: Path, tokenizer: Tokenizer) -> bool:
+    """Whether the sentencepiece model at `path` is the model's, byte for byte (ids mean the same tokens)."""
+    return path.read_bytes() == tokenizer.model_bytes()
+
+
+def document_tokens(documents: list[Document], tokenizer: Tokenizer) -> np.ndarray:
+    """`BOS doc BOS doc ...` in the model's tokenizer: how shards hold documents, so text scores like shards."""
+    stream: list[int] = []
+    for ids in tokenizer.encode_batch([doc.text for doc in documents]):
+        stream += [tokenizer.bos_id, *ids]
+    return np.asarray(stream, dtype=np.int64)
+
+
+def shard_tokens(files: list[Path], tokenizer: Tokenizer) -> np.ndarray:
+    """The shards' tokens as one stream, refused when an id is beyond the model's vocabulary."""
+    tokens = np.concatenate([np.asarray(read_shard(file), dtype=np.int64) for file in files])
+    if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
+        raise UserError(f"validation tokens reach id {int(tokens.max())}, beyond the model's vocabulary of {tokenizer.vocab_size}")
+    return tokens
+
+
 def validation_tokens(data: str | None, tokenizer: Tokenizer, config: RunConfig) -> tuple[np.ndarray, str]:
     """(token stream, description) of the validation data, in the model's tokenizer."""
     if data is None:
         info = resolve_dataset(config.data.path, config.data.tokenizer, default_cache_dir(), config.data.vocab_size,
                                progress=False)
-        if info.tokenizer_path.read_bytes() != tokenizer.model_bytes():
+        if not same_tokenizer(info.tokenizer_path, tokenizer):
             raise UserError(f"the run's data at {info.root} uses another tokenizer than the model; pass --data")
         files, description = info.val_files, f"{config.data.path or 'embedded Shakespeare'} (validation split)"
     else:
@@ -55,19 +76,13 @@ def validation_tokens(data: str | None, tokenizer: Tokenizer, config: RunConfig)
         files = list_shards(path, "val") if path.is_dir() else []
         if files:
             beside = path / "tokenizer.model"
-            if beside.is_file() and beside.read_bytes() != tokenizer.model_bytes():
+            if beside.is_file() and not same_tokenizer(beside, tokenizer):
                 raise UserError(f"{path} was tokenised with another tokenizer than the model's")
             description = f"{path} ({len(files)} val shard(s))"
         else:
             documents = read_documents([path])
-            stream: list[int] = []
-            for ids in tokenizer.encode_batch([doc.text for doc in documents]):
-                stream += [tokenizer.bos_id, *ids]
-            return np.asarray(stream, dtype=np.int64), f"{path} ({len(documents)} document(s), tokenised)"
-    tokens = np.concatenate([np.asarray(read_shard(file), dtype=np.int64) for file in files])
-    if tokens.size and int(tokens.max()) >= tokenizer.vocab_size:
-        raise UserError(f"validation tokens reach id {int(tokens.max())}, beyond the model's vocabulary of {tokenizer.vocab_size}")
-    return tokens, description
+            return document_tokens(documents, tokenizer), f"{path} ({len(documents)} document(s), tokenised)"
+    return shard_tokens(files, tokenizer), description
 
 
 def decoded_byte_count(tokens: np.ndarray, tokenizer: Tokenizer) -> int:
@@ -93,8 +108,10 @@ def run_eval(
     reference: GPT | None = None,
     ctx: DistributedContext | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    stream: tuple[np.ndarray, str] | None = None,
 ) -> dict[str, Any]:
-    """Every number `alrt eval` reports, as a JSON-ready dict."""
+    """Every number `alrt eval` reports, as a JSON-ready dict; `stream` (tokens, description) is scored instead
+    of `options.data`'s validation tokens (`alrt quantize --eval` scores exactly the data it held out)."""
     trained = config.model.seq_len
     seq_len = options.seq_len or trained
     if seq_len > trained:
@@ -102,7 +119,7 @@ def run_eval(
     stride = options.stride or seq_len
     if not 1 <= stride <= seq_len:
         raise UserError(f"--stride must be between 1 and the sequence length {seq_len}, got {stride}")
-    tokens, description = validation_tokens(options.data, tokenizer, config)
+    tokens, description = stream if stream is not None else validation_tokens(options.data, tokenizer, config)
     if options.max_tokens is not None:
         tokens = tokens[: options.max_tokens + 1]
     if tokens.shape[0] < 2:

@@ -2,28 +2,65 @@
 
 Each projection's input is captured by a forward hook (Q, K and V share theirs, but each gets its own sum: it
 costs nothing and keeps the bookkeeping per layer). For a layer kept as factors, `V` sees the layer input and
-`U` sees `V·x`, whose Hessian `V̂·H·V̂ᵀ` follows from the input's (computed after `V` is quantised, so `U` corrects
-`V`'s error). The tied embedding is the output head too: its Hessian comes from the final normed hidden state,
-the input of the logits.
+`U` sees `V·x`, whose Hessian `V̂·H·V̂ᵀ` follows from the input's (computed after `V` is quantised, when `U` is
+fitted to `V̂`: see `export.budget_fit.fit_factor`). The tied embedding is the output head too: its Hessian comes
+from the final normed hidden state, the input of the logits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from alrt_core.training.batches import TrainBatches
 
 HEAD_INPUT = "head_input"
+
+
+class Batches(Protocol):
+    def next_batch(self, sequences: int) -> tuple[Tensor, Tensor]: ...
+
+
+class TokenWindows:
+    """Calibration batches: windows of seq_len+1 tokens cut from token streams (shards, memory-mapped, or text
+    tokenised in memory), visited in a seeded random order and again from the start if more are asked for.
+
+    Not `TrainBatches`: calibration needs no epochs, phases, ranks or resumable state, and reads arrays, not files.
+    """
+
+    def __init__(self, streams: list[np.ndarray], seq_len: int, seed: int, vocab_size: int) -> None:
+        self.streams, self.seq_len, self.vocab_size = streams, seq_len, vocab_size
+        counts = [max(0, (int(stream.shape[0]) - 1) // seq_len) for stream in streams]
+        if not sum(counts):
+            raise UserError(f"calibration data has fewer than {seq_len + 1} tokens")
+        self.ids = np.concatenate([np.full(count, index, dtype=np.int64) for index, count in enumerate(counts)])
+        self.offsets = np.concatenate([seq_len * np.arange(count, dtype=np.int64) for count in counts])
+        self.order = np.random.default_rng(seed).permutation(self.ids.shape[0])
+        self.position = 0
+
+    def next_batch(self, sequences: int) -> tuple[Tensor, Tensor]:
+        picks = self.order[(self.position + np.arange(sequences)) % self.order.shape[0]]
+        self.position += sequences
+        windows = np.stack([
+            np.asarray(self.streams[self.ids[p]][self.offsets[p] : self.offsets[p] + self.seq_len + 1], dtype=np.int64)
+            for p in picks
+        ])
+        if int(windows.max()) >= self.vocab_size:  # an embedding lookup would fail with an IndexError
+            raise UserError(f"calibration tokens reach id {int(windows.max())}, beyond the model's vocabulary of "
+                            f"{self.vocab_size}")
+        tokens = torch.from_numpy(windows)
+        return tokens[:, :-1], tokens[:, 1:]
 
 
 @torch.no_grad()
 def collect_hessians(
     model: GPT,
-    batches: TrainBatches,
+    batches: Batches,
     tokens: int,
     *,
     batch_sequences: int = 8,

@@ -1,9 +1,10 @@
 """`alrt quantize`: a training checkpoint to a `.alrt` artifact that fits a byte budget.
 
 Pipeline: load (EMA weights when the run kept them) → fold or keep each factorised layer by packed bytes →
-Hessians from training batches → GPTQ with clip search per matrix (int6 projections, int8 embedding) → fp16 small
-tensors → payload (packed or byte-stored integers, whichever compresses smaller) → brotli/zstd/lzma → fit the
-budget (fewer bits on the least sensitive tensors, then ±1 pruning) → one atomic write, never over budget.
+Hessians from the data's training part (export.calibration_data) → GPTQ with clip search per matrix (int6
+projections, int8 embedding; a kept U fitted to its stored V̂) → fp16 small tensors → payload (packed or
+byte-stored integers, whichever compresses smaller) → brotli/zstd/lzma → fit the budget (fewer bits on the least
+sensitive tensors, then ±1 pruning; U refitted when its V̂ changes) → one atomic write, never over budget.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from alrt_core.training.batches import TrainBatches
 from export.artifact import encode_artifact
-from export.budget_fit import FitAction, MatrixPlan, fit_to_budget
-from export.calibration import HEAD_INPUT, collect_hessians
+from export.budget_fit import FitAction, MatrixPlan, fit_factor, fit_to_budget
+from export.calibration import HEAD_INPUT, TokenWindows, collect_hessians
+from export.calibration_data import CalibrationData, resolve_calibration_data
 from export.compress import compress, compress_best
 from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
 from export.loader import load_for_export, run_tokenizer
@@ -51,7 +51,7 @@ class QuantizeOptions:
     count_code: list[Path] = field(default_factory=list)
     bit_overrides: dict[str, int] = field(default_factory=dict)  # fnmatch pattern on tensor names -> bits
     small_max: int = 4096  # tensors other than projections/embedding, or any with at most this many values: fp16
-    data: str | None = None  # calibration data (default: the run's training data)
+    data: str | None = None  # calibration data (default: the run's training data); see export.calibration_data
 
 
 @dataclass
@@ -77,6 +77,7 @@ class QuantizeResult:
     seconds: dict[str, float]
     quantized: dict[str, QuantizedMatrix]
     passthrough: dict[str, Tensor]
+    calibration_data: CalibrationData  # also what `--eval` scores: the data calibration held out
 
     def dequantized_state(self) -> dict[str, Tensor]:
         """The weights the artifact holds, as the quantiser made them (for checks against the loader)."""
@@ -134,10 +135,11 @@ def quantize_checkpoint(
         raise UserError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the model's {config.model.vocab_size}")
     code_bytes = sum(_code_size(path) for path in options.count_code)
 
-    # Calibration: training data only.
-    info = resolve_dataset(options.data or config.data.path, config.data.tokenizer, default_cache_dir(),
-                           config.data.vocab_size, progress=False)
-    batches = TrainBatches(info.train_files, config.model.seq_len, config.train.seed + CALIBRATION_SEED_OFFSET)
+    # Calibration: training data only, in the model's tokenizer; what it holds out is what `--eval` scores.
+    calibration_data = resolve_calibration_data(options.data, tokenizer, config)
+    seed = config.train.seed + CALIBRATION_SEED_OFFSET
+    batches = TokenWindows(calibration_data.calibration_streams(options.calib_tokens, seed), config.model.seq_len,
+                           seed, config.model.vocab_size)
     hessian_sums, used = collect_hessians(
         model, batches, options.calib_tokens,
         on_progress=(lambda done, total: on_progress("calibrate", done, total)) if on_progress else None,
@@ -157,12 +159,11 @@ def quantize_checkpoint(
     quant_start = time.perf_counter()
     quantized: dict[str, QuantizedMatrix] = {}
     for index, (name, plan) in enumerate(plans.items()):
-        if name.endswith(".U"):
-            # U sees V·x: its Hessian is V̂ H V̂ᵀ with V as stored (quantised, or fp16 when small), so U absorbs
-            # V's error.
-            v_name = f"{name[:-2]}.V"
-            v_hat = (quantized[v_name].dequantize() if v_name in quantized else passthrough[v_name].half().float()).double()
-            plan.hessian = (v_hat @ plan.hessian.double() @ v_hat.T).float()
+        if plan.factor_of is not None:
+            # U sees V̂·x with V as stored (quantised, or fp16 when small; V comes first in `plans`): fitted to that
+            # V̂, U absorbs what it can of V's error. Budget fitting refits it whenever it changes V̂.
+            v_name = plan.factor_of
+            fit_factor(plan, quantized[v_name].dequantize() if v_name in quantized else passthrough[v_name].half().float())
         quantized[name] = requantize(plan, plan.bits)
         if on_progress:
             on_progress("quantize", index + 1, len(plans))
@@ -188,7 +189,7 @@ def quantize_checkpoint(
         "tokenizer_sha256": _sha256(tokenizer_bytes),
         "source": {"checkpoint": str(checkpoint_path), "step": checkpoint["step"],
                    "val_bpb": checkpoint.get("val", {}).get("bpb"), "ema": checkpoint.get("ema") is not None},
-        "calibration": {"tokens": used, "data": options.data or config.data.path or "embedded"},
+        "calibration": {"tokens": used, **calibration_data.record()},
         "quantizer": {"method": options.method, "bits": options.bits, "embed_bits": options.embed_bits,
                       "clip_search": options.clip_search},
     }
@@ -221,7 +222,8 @@ def quantize_checkpoint(
     data, manifest = build(quantized)
     timings["total"] = time.perf_counter() - started
     reports = _reports(quantized, passthrough, manifest)
-    return QuantizeResult(data, manifest, reports, fold, actions, code_bytes, timings, quantized, passthrough)
+    return QuantizeResult(data, manifest, reports, fold, actions, code_bytes, timings, quantized, passthrough,
+                          calibration_data)
 
 
 def _plan(
@@ -241,9 +243,11 @@ def _plan(
             handled |= {f"{name}.U", f"{name}.V"}
             if fold[name] == "keep":
                 ranks[name] = layer.rank
-                plans[f"{name}.V"] = MatrixPlan(f"{name}.V", layer.V.detach().float(), h, bits, MIN_MATRIX_BITS, tensor_class(name + ".V"))
-                # U's Hessian is filled in once V is quantised (see quantize_checkpoint).
-                plans[f"{name}.U"] = MatrixPlan(f"{name}.U", layer.U.detach().float(), h.clone(), bits, MIN_MATRIX_BITS, tensor_class(name + ".U"))
+                u, v = layer.U.detach().float(), layer.V.detach().float()
+                plans[f"{name}.V"] = MatrixPlan(f"{name}.V", v, h, bits, MIN_MATRIX_BITS, tensor_class(name + ".V"))
+                # U's weight and Hessian are fitted once V is quantised (see quantize_checkpoint).
+                plans[f"{name}.U"] = MatrixPlan(f"{name}.U", u, h, bits, MIN_MATRIX_BITS, tensor_class(name + ".U"),
+                                                factor_of=f"{name}.V", product=u @ v, layer_hessian=h)
                 continue
         else:
             fold[name] = "dense"
@@ -258,7 +262,14 @@ def _plan(
         if module is None:
             continue
         bits = _bits_for(name, options.embed_bits, options.bit_overrides)
-        plans[name] = MatrixPlan(name, module.weight.detach().float(), head_h, bits, MIN_EMBED_BITS, tensor_class(name))
+        weight = module.weight.detach().float()
+        # The head (or the tied embedding, which is the head) multiplies the final normed hidden state: its
+        # Hessian. An untied embedding is only looked up, one row per token, so its error is per row; the head's
+        # Hessian would weigh it by inputs it never sees (on a trained model: 0.064 relative lookup error at 6 bits
+        # against rounding's 0.024). The identity makes GPTQ plain rounding and the clip search choose by squared
+        # error, as for the tables below.
+        h = head_h if name == "head.weight" or model.head is None else torch.eye(weight.shape[1])
+        plans[name] = MatrixPlan(name, weight, h, bits, MIN_EMBED_BITS, tensor_class(name))
         handled.add(name)
     # BigramHash / value-embedding tables and their projections: embedding bits, per-row scales. No calibration
     # Hessian is collected for them, so the identity weighs every entry alike (GPTQ reduces to rounding).

@@ -4,7 +4,8 @@ Text streams out as it becomes final: the decoded text of all generated tokens i
 complete part is emitted (a multi-byte character split over byte-fallback tokens appears once it is whole, and
 a tail that could begin a stop string once the next token rules the stop out, so a stop string never leaks).
 When the context is full, generation stops with `stop_reason="context_full"`, or with `sliding_context=True` the
-oldest half of the context is dropped and the rest re-prefilled (documented cost: one prefill per slide).
+oldest half of the context is dropped and the rest re-prefilled (documented cost: one prefill per slide); a prompt
+that alone fills the context is cut to its last half-context the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.model.gpt import GPT
 from alrt_core.model.kv_cache import KVCache
-from serve.sampling import SamplingConfig, next_token
+from serve.sampling import SamplingConfig, next_token, seeded_generator
 
 
 @dataclass
@@ -93,19 +94,23 @@ class Session:
         result = Generation()
         stats = result.stats
         stats.prompt_tokens = len(prompt_ids)
-        generator = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
         started = time.perf_counter()
         if len(prompt_ids) > self.cache.remaining:
-            if not sliding_context or len(prompt_ids) >= self.context:
+            if not sliding_context:
                 stats.stop_reason = "context_full"
                 return result
-            keep = (self.context - len(prompt_ids)) // 2  # half of the room the prompt leaves, for history
-            kept = self.history[len(self.history) - keep :] if keep else []
+            if len(prompt_ids) >= self.context:
+                # Not even the prompt fits: keep its last half-context, as a slide keeps half, so there is room to go on.
+                kept, prompt_ids = [], prompt_ids[len(prompt_ids) - self.context // 2 :]
+            else:
+                keep = (self.context - len(prompt_ids)) // 2  # half of the room the prompt leaves, for history
+                kept = self.history[len(self.history) - keep :] if keep else []
             self.reset()
             prompt_ids = kept + prompt_ids
             stats.slides += 1
         logits = self.feed(prompt_ids) if prompt_ids else self.feed([self.tokenizer.bos_id])
         stats.time_to_first_token = time.perf_counter() - started
+        generator = seeded_generator(sampling.seed, logits)  # on the logits' device (CUDA needs a CUDA generator)
         emitted = ""
         decode_started = time.perf_counter()
         for token in self._tokens(logits, max_new_tokens, sampling, generator, sliding_context, stats, should_stop):

@@ -29,6 +29,14 @@ class SamplingConfig:
             raise UserError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}")
 
 
+def seeded_generator(seed: int | None, like: Tensor) -> torch.Generator | None:
+    """A generator seeded with `seed` on the device of `like`, the tensor it will sample from (None: no seed).
+
+    `torch.multinomial` refuses a generator on another device than its probabilities, so CUDA logits need a CUDA
+    generator; a CPU one is the same stream as `torch.Generator()`, so CPU samples stay as they were."""
+    return None if seed is None else torch.Generator(device=like.device).manual_seed(seed)
+
+
 def apply_repetition_penalty(logits: Tensor, context: Tensor, penalty: float) -> Tensor:
     """Divide positive logits (multiply negative ones) of tokens seen in `context` by `penalty`."""
     if penalty == 1.0 or context.numel() == 0:

@@ -5,8 +5,10 @@ Endpoints: `GET /health` (503 `{"status": "loading"}` until the model is loaded,
 shapes, server-sent events when `stream` is true (and a last chunk with `usage` and no choices when
 `stream_options.include_usage` is), and OpenAI's error object: 400 for a bad request, 429 when the queue is
 full, 503 while loading. The socket is bound first and the model loaded in the background, so a client can poll
-`/health`. Chat messages become one document through `ChatTemplate.render` (our models are base LMs), and the
-reply ends at the template's `turn_end`.
+`/health`. A completion request may name any `model` (clients send whatever they were configured with, and there
+is one model to answer with, as in llama-server); responses report the server's own id. With `strict_model`, any
+other name is a 400 `model_not_found`. `/v1/models` lists only the server's id either way. Chat messages become one
+document through `ChatTemplate.render` (our models are base LMs), and the reply ends at the template's `turn_end`.
 """
 
 from __future__ import annotations
@@ -94,9 +96,10 @@ def sse(payload: dict[str, Any] | str) -> str:
 
 def create_app(
     loader: Callable[[], LoadedModel], *, model_name: str, limits: ServeLimits = ServeLimits(),
-    template: ChatTemplate | None = None, before_job: Callable[[Job], None] | None = None,
+    template: ChatTemplate | None = None, before_job: Callable[[Job], None] | None = None, strict_model: bool = False,
 ) -> FastAPI:
-    """The app; `loader` runs on the worker thread once the server has started (so /health answers meanwhile)."""
+    """The app; `loader` runs on the worker thread once the server has started (so /health answers meanwhile).
+    `model_name` is the id responses report; with `strict_model` it is also the only `model` a request may name."""
     template = template or ChatTemplate()
     worker = ModelWorker(loader, limits.max_queue, threads=limits.threads, before_job=before_job)
     started = int(time.time())
@@ -135,7 +138,7 @@ def create_app(
     def make_job(body: GenerationFields, prompt_ids: list[int], requested: int | None, default: int,
                  stops: tuple[str, ...], prompt_param: str, tokens_param: str = "max_tokens") -> Job:
         loaded = ready_model()
-        if body.model != model_name:
+        if strict_model and body.model != model_name:
             raise invalid(f"the model {body.model!r} does not exist; this server serves {model_name!r}",
                           param="model", code="model_not_found")
         context = loaded.model.config.seq_len

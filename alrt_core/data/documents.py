@@ -8,6 +8,7 @@ and the byte offset of the first bad byte: silently replacing bytes would change
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,9 @@ from alrt_core.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".jsonl")
 UTF8_BOM = "\ufeff"
+# Where a single document may be cut, best first: the start of a paragraph (after a blank line), of a line.
+PARAGRAPH_START = re.compile(r"\n(?:[ \t]*\n)+")  # one or more blank lines; the cut goes after them
+LINE_START = re.compile(r"\n")
 
 
 @dataclass(frozen=True)
@@ -94,17 +98,39 @@ def split_documents(documents: list[Document], val_fraction: float, seed: int) -
     """Hold out whole documents (never lines) for validation, chosen by a seeded shuffle; order is kept in each part.
 
     With two or more documents both parts get at least one. The split is by position, so documents with equal
-    titles or texts are still never on both sides.
+    titles or texts are still never on both sides. A single document (one book in one .txt, the first thing most
+    users try) is cut in two instead: see `split_single_document`.
     """
     if not 0.0 < val_fraction < 1.0:
         raise UserError(f"validation fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if len(documents) < 2:
-        raise UserError(
-            "only one document: cannot hold out a validation document; give validation text with --val-input"
-        )
+    if len(documents) == 1:
+        train_part, val_part = split_single_document(documents[0], val_fraction)
+        return [train_part], [val_part]
     order = np.random.default_rng(seed).permutation(len(documents))
     count = min(len(documents) - 1, max(1, round(val_fraction * len(documents))))
     held_out = set(order[:count].tolist())
     train = [doc for index, doc in enumerate(documents) if index not in held_out]
     val = [doc for index, doc in enumerate(documents) if index in held_out]
     return train, val
+
+
+def split_single_document(document: Document, val_fraction: float) -> tuple[Document, Document]:
+    """Cut one document into a training head and a validation tail of about `val_fraction` of its characters.
+
+    The cut is the paragraph start (after a blank line) nearest that point, else the nearest line start, so no
+    paragraph is split between the parts when the text has paragraphs. The two texts concatenate to the original
+    exactly (every byte is counted once). A text with no line break to cut at is refused.
+    """
+    text = document.text
+    target = round(len(text) * (1.0 - val_fraction))
+    for pattern, unit in ((PARAGRAPH_START, "paragraph"), (LINE_START, "line")):
+        cuts = [match.end() for match in pattern.finditer(text)
+                if text[: match.end()].strip() and text[match.end():].strip()]
+        if cuts:
+            cut = min(cuts, key=lambda position: abs(position - target))
+            return (Document(f"{document.title} (train part)", text[:cut]),
+                    Document(f"{document.title} (validation part, from {unit} at character {cut})", text[cut:]))
+    raise UserError(
+        f"only one document ({document.title}) and no line break to split it at: cannot hold out validation text; "
+        "give validation text with --val-input"
+    )

@@ -225,7 +225,8 @@ def prepare_dataset(
         golf_normalization=golf_normalization, shard_tokens=shard_tokens, progress=progress,
         sources=[str(p) for p in inputs] + [f"val:{p}" for p in val_inputs or []],
         extra_meta={"split": {"method": "val_inputs"} if val_inputs
-                    else {"method": "fraction", "val_fraction": val_fraction, "seed": seed}},
+                    else {"method": "single_document" if len(documents) == 1 else "fraction",
+                          "val_fraction": val_fraction, "seed": seed}},
     )
 
 

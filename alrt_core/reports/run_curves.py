@@ -7,7 +7,8 @@ the earlier process were redone, so their points are replaced by the new ones.
 Series: train loss/bpb, learning rate and tokens/s per `train_step` (against step, tokens seen and training
 wallclock, which excludes evaluation); validation loss/bpb per `eval` (placed at the tokens and wallclock of its
 step; when a step was evaluated twice, a periodic evaluation capped at `train.eval_tokens` and then the final full
-one, the full one is kept); attention+MLP parameters and mean rank per `rank_update` (ALRT rank totals over time).
+one, the full one is kept; the best is chosen among the evaluations the trainer compared, which all score the same
+tokens); attention+MLP parameters and mean rank per `rank_update` (ALRT rank totals over time).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from alrt_core.errors import UserError
 from alrt_core.training.events import read_events
 
 TRAIN_FIELDS = ("step", "tokens", "elapsed", "loss", "bpb", "lr", "tok_s", "rank_mean")
-EVAL_FIELDS = ("step", "tokens", "elapsed", "val_loss", "val_bpb", "full")
+EVAL_FIELDS = ("step", "tokens", "elapsed", "val_loss", "val_bpb", "full", "compared")
 RANK_FIELDS = ("step", "projection_params", "params", "rank_mean", "changed")
 
 
@@ -32,6 +33,7 @@ class RunCurves:
     config: dict[str, Any] | None
     train: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
+    compared_evals: list[dict[str, Any]] = field(default_factory=list)  # those that competed for best.pt
     ranks: list[dict[str, Any]] = field(default_factory=list)
     start: dict[str, Any] = field(default_factory=dict)  # the first run_start event
     end: dict[str, Any] | None = None  # the run_end event, when the run finished
@@ -42,7 +44,9 @@ class RunCurves:
     def summary(self) -> dict[str, Any]:
         last = self.train[-1] if self.train else {}
         evals = [e for e in self.evals if e.get("val_bpb") is not None]
-        best = min(evals, key=lambda e: e["val_bpb"]) if evals else None
+        # Runs logged before `compared` existed compared every evaluation.
+        compared = [e for e in self.compared_evals if e.get("val_bpb") is not None]
+        best = min(compared, key=lambda e: e["val_bpb"]) if compared else None
         elapsed = last.get("elapsed") or 0.0
         dense = self.start.get("dense_projection_params")
         projection = self.ranks[-1]["projection_params"] if self.ranks else self.start.get("projection_params")
@@ -111,6 +115,7 @@ def read_run(run_dir: Path, name: str | None = None) -> RunCurves:
             # A resumed process restarts at `step`: drop what the earlier process logged beyond it.
             run.train = [p for p in run.train if p["step"] <= step]
             run.evals = [p for p in run.evals if p["step"] <= step]
+            run.compared_evals = [p for p in run.compared_evals if p["step"] <= step]
             run.ranks = [p for p in run.ranks if p["step"] <= step]
             run.end = None
         elif kind == "train_step":
@@ -124,6 +129,8 @@ def read_run(run_dir: Path, name: str | None = None) -> RunCurves:
             if run.evals and run.evals[-1]["step"] == step:
                 run.evals.pop()  # the final full evaluation after a periodic (possibly capped) one at the same step
             run.evals.append(point)
+            if event.get("compared", True):
+                run.compared_evals.append(point)
         elif kind == "rank_update":
             run.ranks.append({"step": step, "projection_params": event.get("projection_params_after"),
                               "params": event.get("params_after"), "rank_mean": event.get("rank_mean"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -71,6 +72,15 @@ def init_distributed(requested_device: str = "auto") -> DistributedContext:
     return DistributedContext(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
-def shutdown_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the process group. After a clean run every process first drops what still references the group's
+    work (DDP's reducer, finished collectives' tensors) and waits at a barrier, so no process tears down its gloo
+    connections, or exits with gloo worker threads still holding work, while a peer is still communicating (a
+    2-process run once aborted in rank 1 with "terminate called without an active exception"). After an error
+    the barrier is skipped: a peer that failed would never reach it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean:
+        gc.collect()
+        dist.barrier()
+    dist.destroy_process_group()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from alrt_core.model.spectral import Resize
+from alrt_core.training.rank_resize import follow_resize
+
 
 class WeightEMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -18,6 +21,10 @@ class WeightEMA:
                 self.shadow[name].lerp_(value.float(), 1.0 - self.decay)
             else:
                 self.shadow[name].copy_(value)
+
+    def follow_resize(self, layer: str, resize: Resize) -> None:
+        """Move the averaged factors of `layer` by the live layer's resize maps (`rank_resize.follow_resize`)."""
+        follow_resize(self.shadow, layer, resize)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow
@@ -45,3 +52,4 @@ def swap_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str
 @torch.no_grad()
 def restore_weights(model: nn.Module, live: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(live)
+

@@ -17,10 +17,12 @@ from alrt_core.precision import bf16_is_fast
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximately U·Vᵀ of the SVD of `matrix`: in bf16 where that is fast (CUDA, AMX), else in fp32."""
+def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7, bf16: bool | None = None) -> Tensor:
+    """Approximately U·Vᵀ of the SVD of `matrix`, in bf16 when `bf16` (None: where it is measured to be faster)."""
     a, b, c = NS_COEFFICIENTS
-    x = matrix.bfloat16() if bf16_is_fast(matrix.device.type) else matrix.float()
+    if bf16 is None:
+        bf16 = bf16_is_fast(matrix.device.type)
+    x = matrix.bfloat16() if bf16 else matrix.float()
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
@@ -50,9 +52,11 @@ class Muon(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = True,
         row_normalize: bool = False,
+        ns_bf16: bool | None = None,
     ) -> None:
+        """`ns_bf16`: Newton–Schulz in bf16 (True), fp32 (False), or as measured fastest on the device (None)."""
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, weight_decay=weight_decay,
-                                      nesterov=nesterov, row_normalize=row_normalize))
+                                      nesterov=nesterov, row_normalize=row_normalize, ns_bf16=ns_bf16))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch signature
@@ -81,7 +85,7 @@ class Muon(torch.optim.Optimizer):
                     update = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                     if group.get("row_normalize", False):  # absent in optimizer states saved before MuonEq-R
                         update = normalize_rows(update)
-                    update = orthogonalize(update, group["ns_steps"])
+                    update = orthogonalize(update, group["ns_steps"], bf16=group.get("ns_bf16"))
                     # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
                     # For a thin factor U (m×r) that factor is √(m/r), which makes the product's update
                     # dU·V + U·dV several times a dense matrix's; `aspect_scaling=False` leaves factors unscaled.

@@ -23,8 +23,9 @@ def split_parameters(model: GPT) -> dict[str, list[nn.Parameter]]:
     return {"matrix": matrices, "embed": embedding, "head": head, "scalar": scalars}
 
 
-def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    """Optimizers in a fixed order (their state dicts are saved as a list in that order)."""
+def build_optimizers(model: GPT, config: TrainConfig, bf16: bool | None = None) -> list[torch.optim.Optimizer]:
+    """Optimizers in a fixed order (their state dicts are saved as a list in that order). `bf16`: the run's
+    precision, which Muon's Newton–Schulz iterations follow (None: measured on the device)."""
     groups = split_parameters(model)
     dense = [p for layer in model.projections().values() if not layer.is_factorized for p in layer.parameters()]
     dense += list(model.extra_matrices().values())
@@ -36,6 +37,7 @@ def build_optimizers(model: GPT, config: TrainConfig) -> list[torch.optim.Optimi
          {"params": factors, "name": "factor", "aspect_scaling": config.factor_scaling == "aspect"}],
         lr=config.matrix_lr, momentum=config.muon_momentum,
         ns_steps=config.muon_ns_steps, weight_decay=config.weight_decay, row_normalize=config.muon_row_normalize,
+        ns_bf16=bf16,
     )
     # Decoupled weight decay per group (p ← p·(1 − lr·wd)); an untied head gets none, as in the golf records.
     adam_groups = [

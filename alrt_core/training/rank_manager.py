@@ -3,7 +3,8 @@
 Every `update_every` steps the manager measures each layer from its factors (stable rank by warm-started power
 iteration, or the full spectrum from an r×r core for `energy`), folds the estimate into the layer's EMA, turns it
 into a target (safety factor × budget pressure), and moves the rank a bounded step towards it. Resizes carry the
-optimizer state (`rank_resize.py`) and the weight EMA along. Every process of a distributed run computes the same
+optimizer state (`rank_resize.py`), and the weight EMA and SWA mean follow each
+resize through the live layer's own maps. Every process of a distributed run computes the same
 decisions from identical weights, and rank 0's are broadcast so they cannot drift.
 """
 
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -33,15 +35,20 @@ from alrt_core.model.rank_plan import (
     ordered_penalty_weights,
     schedule_rank,
 )
-from alrt_core.model.spectral import singular_values, stable_rank
+from alrt_core.model.spectral import Resize, singular_values, stable_rank
 from alrt_core.training.distributed import DistributedContext
-from alrt_core.training.ema import WeightEMA
-from alrt_core.training.rank_resize import resize_factor_pair, resize_layer
+from alrt_core.training.rank_resize import resize_layer
 from alrt_core.units import parse_byte_size
 
 # Updates happen about once per epoch, but at least this often, so short runs still adapt.
 MAX_DERIVED_UPDATE_INTERVAL = 100
 PRESSURE_RANGE = (1.0 / 16.0, 16.0)
+
+
+class ResizeFollower(Protocol):
+    """A copy of the weights kept beside the model (the weight EMA, the SWA mean) that must follow each resize."""
+
+    def follow_resize(self, layer: str, resize: Resize) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -196,11 +203,12 @@ class RankManager:
         step: int,
         model: GPT,
         optimizers: list[torch.optim.Optimizer],
-        ema: WeightEMA | None = None,
+        followers: Sequence[ResizeFollower] = (),
         ctx: DistributedContext | None = None,
     ) -> RankUpdate:
-        """Measure, decide and resize. Under torchrun rank 0's decisions are broadcast, and the number of layers
-        where a process had decided otherwise is counted (it should always be 0: the weights are identical)."""
+        """Measure, decide and resize; every follower (EMA, SWA) is moved by each resized layer's own maps. Under
+        torchrun rank 0's decisions are broadcast, and the number of layers where a process had decided otherwise
+        is counted (it should always be 0: the weights are identical)."""
         started = time.perf_counter()
         ranks_before = model.layer_ranks()
         params_before = model.num_parameters()
@@ -224,14 +232,13 @@ class RankManager:
             layer = model.get_submodule(name)
             # Growth noise from (seed, step, layer): identical on every process and on resume.
             generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1_009 + index)
-            resize_layer(
+            resize = resize_layer(
                 layer, decision.new_rank, optimizers, method=self.config.resize_method,
                 on_resize=self.config.on_resize, generator=generator,
             )
-            if ema is not None:
-                ema.shadow[f"{name}.U"], ema.shadow[f"{name}.V"] = resize_factor_pair(
-                    ema.shadow[f"{name}.U"], ema.shadow[f"{name}.V"], decision.new_rank,
-                )
+            if resize is not None:
+                for follower in followers:
+                    follower.follow_resize(name, resize)
             self.states[name].rank = decision.new_rank
         ranks_after = model.layer_ranks()
         return RankUpdate(

@@ -44,8 +44,11 @@ def resize_layer(
     method: str = "svd",
     on_resize: str = "project",
     generator: torch.Generator | None = None,
-) -> None:
-    """Change `layer` to `new_rank` (shrink by SVD or truncation, grow with function-preserving components)."""
+) -> Resize | None:
+    """Change `layer` to `new_rank` (shrink by SVD or truncation, grow with function-preserving components).
+
+    Returns the change's maps (`U' = U·a`, `V' = b·V`), which every other copy of the layer (the weight EMA, the
+    SWA mean) must follow with `follow_resize`, or None when the rank was already `new_rank`."""
     if not layer.is_factorized:
         raise ValueError("only factorised layers can be resized")
     if method not in RESIZE_METHODS or on_resize not in STATE_POLICIES:
@@ -56,7 +59,7 @@ def resize_layer(
     assert u_param is not None and v_param is not None
     old_rank = u_param.shape[1]
     if new_rank == old_rank:
-        return
+        return None
     if new_rank > old_rank:
         resize = grow(u_param.data, v_param.data, new_rank - old_rank, generator=generator)
     elif method == "svd":
@@ -78,15 +81,15 @@ def resize_layer(
                     state[key] = _carry_state(key, value, project, new) if on_resize == "project" else torch.zeros_like(new)
                 # step counters and scalars carry over unchanged
             optimizer.state[new] = state
+    return resize
 
 
 @torch.no_grad()
-def resize_factor_pair(u: torch.Tensor, v: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Factors of another copy of a layer (e.g. its weight EMA) at `rank`: the best rank-`rank` approximation of
-    U·V when shrinking, zero-padded (the same function) when growing."""
-    old_rank = u.shape[1]
-    if rank >= old_rank:
-        return (torch.cat((u, u.new_zeros(u.shape[0], rank - old_rank)), dim=1),
-                torch.cat((v, v.new_zeros(rank - old_rank, v.shape[1])), dim=0))
-    resize, _ = truncated_svd(u, v, rank)
-    return resize.u, resize.v
+def follow_resize(weights: dict[str, torch.Tensor], layer: str, resize: Resize) -> None:
+    """Move another copy of a resized layer (in a weight dict: the EMA shadow, the SWA mean) by the live layer's own
+    maps: `U_copy ← U_copy·a`, `V_copy ← b·V_copy`. SVD factors are fixed only up to sign and rotation, so a copy
+    re-decomposed on its own would no longer match the live factors column for column, and every later average
+    `d·copy + (1−d)·live` would mix unrelated components. With the live maps, column j of the copy stays column j
+    of the live layer (growth gives the copy zero columns and rows, so its function is unchanged)."""
+    u, v = weights[f"{layer}.U"], weights[f"{layer}.V"]
+    weights[f"{layer}.U"], weights[f"{layer}.V"] = u @ resize.a.to(u), resize.b.to(v) @ v

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from alrt_core.model.spectral import Resize
 from alrt_core.training.ema import swap_weights
-from alrt_core.training.rank_resize import resize_factor_pair
+from alrt_core.training.rank_resize import follow_resize
 
 
 class WeightSWA:
@@ -47,18 +48,11 @@ class WeightSWA:
             else:
                 self.mean[name].copy_(value)
 
-    @torch.no_grad()
-    def follow_resizes(self, model: nn.Module) -> None:
-        """After rank changes, bring each factor pair of the mean to the layer's new rank the way the EMA is resized
-        (the best rank-r approximation of the averaged U·V when shrinking, zero columns/rows when growing)."""
-        if self.mean is None:
-            return
-        live = model.state_dict()
-        for name in [key for key in self.mean if key.endswith(".U")]:
-            layer = name[: -len(".U")]
-            rank = live[name].shape[1]
-            if self.mean[name].shape[1] != rank:
-                self.mean[name], self.mean[f"{layer}.V"] = resize_factor_pair(self.mean[name], self.mean[f"{layer}.V"], rank)
+    def follow_resize(self, layer: str, resize: Resize) -> None:
+        """Move the mean's factors of `layer` with the live layer's resize maps, as the EMA does (a mean taken
+        before the resize stays a mean of the same components)."""
+        if self.mean is not None:
+            follow_resize(self.mean, layer, resize)
 
     def swap_into(self, model: nn.Module) -> dict[str, Tensor]:
         """Load the mean into `model`; returns the live weights for `WeightEMA.restore` / `restore_weights`."""

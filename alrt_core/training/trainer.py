@@ -31,7 +31,7 @@ from alrt_core.fileio import atomic_write_text
 from alrt_core.model.artifact_estimate import estimate_artifact
 from alrt_core.model.gpt import GPT, uniform_baseline_nats
 from alrt_core.model.rank_plan import initial_layer_ranks
-from alrt_core.precision import autocast_context, resolve_autocast
+from alrt_core.precision import PrecisionProbe, autocast_context, matmul_shapes, probe_precision
 from alrt_core.training.batches import TrainBatches
 from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
 from alrt_core.training.compile import compile_model, probe, warn_fallback
@@ -136,7 +136,6 @@ class Trainer:
             )
         config.validate()
         train = config.train
-        self.autocast = resolve_autocast(train.autocast, ctx.device)
         seq_len = config.model.seq_len
         micro_tokens = train.micro_batch_tokens or train.batch_tokens // ctx.world_size
         if micro_tokens < seq_len or micro_tokens % seq_len or train.batch_tokens % (micro_tokens * ctx.world_size):
@@ -152,7 +151,8 @@ class Trainer:
         torch.manual_seed(train.seed)
         ranks = self.checkpoint["ranks"] if self.checkpoint else initial_layer_ranks(config.model, config.rank)
         self.model = GPT(config.model, layer_ranks=ranks).to(ctx.device)
-        self.optimizers = build_optimizers(self.model, train)
+        self.precision_probe, self.autocast = self._choose_precision()
+        self.optimizers = build_optimizers(self.model, train, bf16=self.autocast)
         self.ema = WeightEMA(self.model, train.ema_decay) if train.ema_decay > 0 else None
         self.swa = WeightSWA(train.swa_start_frac, train.swa_every) if train.swa_start_frac > 0 else None
         self.qat_active = False
@@ -173,6 +173,25 @@ class Trainer:
             self._restore(self.checkpoint)
         self.compiled_model: torch.nn.Module = self.model
         self._wrap_for_training()
+
+    def _choose_precision(self) -> tuple[PrecisionProbe | None, bool]:
+        """(the probe, bf16 autocast or not). `train.autocast=auto` times fp32 and bf16 matmuls at this model's
+        shapes (`precision.py`); a resumed run keeps the choice its checkpoint recorded, so it trains exactly as
+        the uninterrupted run would; under torchrun every process takes rank 0's measurement."""
+        mode = self.config.train.autocast
+        if mode != "auto":
+            return None, mode == "bf16"
+        saved = (self.checkpoint or {}).get("precision")
+        if saved is not None:
+            probe = PrecisionProbe.from_dict(saved) if "device" in saved else None
+            return probe, bool(saved["bf16"])
+        shapes = []
+        for layer in self.model.projections().values():
+            shapes += [(layer.in_features, layer.rank), (layer.rank, layer.out_features)] if layer.is_factorized \
+                else [(layer.in_features, layer.out_features)]
+        probe = probe_precision(self.ctx.device.type, matmul_shapes(shapes, self.micro_sequences * self.config.model.seq_len))
+        (bf16,) = self.ctx.broadcast(torch.tensor([float(probe.bf16)], dtype=torch.float64)).tolist()
+        return probe, bool(bf16)
 
     def _compile(self) -> None:
         """torch.compile the model and run one micro-batch forward and backward through it, wrapped as training
@@ -284,6 +303,8 @@ class Trainer:
             run_dir=str(self.run_dir), resumed_from=str(self.resume_path) if self.resume_path else None,
             preset=config.preset, device=str(self.ctx.device), world_size=self.ctx.world_size,
             precision="bf16 autocast" if self.autocast else "fp32", compiled=config.train.compile,
+            precision_mode=config.train.autocast,
+            precision_probe=self.precision_probe.to_dict() if self.precision_probe is not None else None,
             params=params, vocab_size=vocab, layer_ranks=self.model.layer_ranks(),
             artifact_packed_bytes=artifact.packed_bytes, artifact_estimate_bytes=artifact.compressed_bytes,
             train_tokens=self.batches.total_tokens, tokens_per_epoch=self.batches.tokens_per_epoch,
@@ -385,8 +406,12 @@ class Trainer:
                 if self._stop_reason is None and train.early_stop_patience is not None \
                         and self.evals_without_improvement >= train.early_stop_patience:
                     self.request_stop("early_stop")
-        if last_eval_step != self.step or final is None or train.eval_tokens is not None:
-            final = self._evaluate_and_save(max_tokens=None)
+        if last_eval_step != self.step or final is None:
+            final = self._evaluate_and_save(max_tokens=train.eval_tokens)
+        if train.eval_tokens is not None and final.tokens < self.val_tokens.shape[0] - 1:
+            # The whole split, reported as the run's final figure; it is not compared with the capped evals
+            # (other tokens), so it never decides best.pt.
+            final = self._evaluate_and_save(max_tokens=None, compared=False)
         self.events.emit(
             "run_end", self.step, reason=reason, best_val_bpb=self.best_bpb, final_val_bpb=final.bpb,
             final_val_loss=final.loss, tokens=self.tokens_seen, elapsed=round(self.elapsed, 3),
@@ -395,11 +420,10 @@ class Trainer:
 
     def _update_ranks(self) -> None:
         """One controller update; its time counts against the wallclock budget like any training work."""
-        update = self.ranks.update(self.step, self.model, self.optimizers, self.ema, self.ctx)
+        followers = [copy for copy in (self.ema, self.swa) if copy is not None]
+        update = self.ranks.update(self.step, self.model, self.optimizers, followers, self.ctx)
         if update.changed:
             self._wrap_for_training()
-            if self.swa is not None:
-                self.swa.follow_resizes(self.model)
         seconds = update.measure_seconds + update.resize_seconds
         self.elapsed += seconds
         if self.ctx.is_main and self.config.rank.log_full:
@@ -462,7 +486,10 @@ class Trainer:
         self.events.emit("error", self.step, message="non-finite loss", loss=value)
         raise UserError(f"loss became {value} at step {self.step + 1}; training stopped ({kept})")
 
-    def _evaluate_and_save(self, max_tokens: int | None) -> EvalResult:
+    def _evaluate_and_save(self, max_tokens: int | None, compared: bool = True) -> EvalResult:
+        """Evaluate (the weights evaluation uses) and write last.pt. Only evaluations on the run's comparison set
+        (`train.eval_tokens`, or the whole split when that is unset) feed `best_bpb`, `best.pt` and early
+        stopping, so the best is always chosen among scores of the same tokens."""
         config = self.config
         live = self._swap_in_eval_weights()
         try:
@@ -475,16 +502,16 @@ class Trainer:
         finally:
             if live is not None:
                 restore_weights(self.model, live)
-        improved = result.bpb < self.best_bpb
+        improved = compared and result.bpb < self.best_bpb
         if improved:
             self.best_bpb, self.evals_without_improvement = result.bpb, 0
-        else:
+        elif compared:
             self.evals_without_improvement += 1
         self.events.emit(
             "eval", self.step, val_loss=result.loss, val_bpb=result.bpb, val_tokens=result.tokens,
             val_bytes=result.bytes, best_val_bpb=self.best_bpb, improved=improved, ema=self.ema is not None,
             swa_samples=self.swa.count if self.swa is not None else None,
-            seconds=round(time.perf_counter() - started, 3), full=max_tokens is None,
+            seconds=round(time.perf_counter() - started, 3), full=max_tokens is None, compared=compared,
         )
         if self.ctx.is_main:
             payload = self._checkpoint_payload(result)
@@ -513,4 +540,5 @@ class Trainer:
             "evals_without_improvement": self.evals_without_improvement,
             "val": result.to_dict(),
             "rng": torch.get_rng_state(),
+            "precision": {**(self.precision_probe.to_dict() if self.precision_probe else {}), "bf16": self.autocast},
         }

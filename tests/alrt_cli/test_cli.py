@@ -24,6 +24,8 @@ def test_help_lists_command_groups():
         (["train", "--preset", "tiny", "--set", "model.depth=3"], "unknown config key 'model.depth'"),
         (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found: /nonexistent/last.pt"),
         (["data", "prepare", "/nonexistent.txt", "--out", "x"], "/nonexistent.txt"),
+        (["train", "--max-step", "0.25"], "--max-step was renamed --rank-max-step"),
+        (["train", "--ema-decay", "0.9"], "--ema-decay was renamed --rank-ema-decay"),
     ],
 )
 def test_user_errors_are_one_line_exit_2_without_traceback(args, message, tmp_path):
@@ -31,6 +33,28 @@ def test_user_errors_are_one_line_exit_2_without_traceback(args, message, tmp_pa
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_rank_controller_flags_set_the_rank_config(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from alrt_cli import train_cmd
+    from alrt_cli.app import app
+
+    seen = []
+
+    class RecordingTrainer:  # parses like a real run, trains nothing
+        def __init__(self, config, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            seen.append(config)
+
+        def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(train_cmd, "Trainer", RecordingTrainer)
+    result = CliRunner().invoke(app, ["train", "--preset", "tiny", "--out-dir", str(tmp_path), "--rank-max-step",
+                                      "0.25", "--rank-ema-decay", "0.7"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert (seen[0].rank.max_step, seen[0].rank.ema_decay, seen[0].train.ema_decay) == (0.25, 0.7, 0.0)
 
 
 def test_corrupt_checkpoint_is_a_user_error(tmp_path):

@@ -19,8 +19,11 @@ import pytest
 import uvicorn
 from cli_runner import ROOT
 from run_helpers import train_tiny
+from typer.testing import CliRunner
 
+import serve.server
 from alrt_cli import serve_cmd
+from alrt_cli.app import app as cli_app
 from alrt_core.errors import UserError
 from export.artifact import write_artifact
 from export.loader import LoadedModel, load_model
@@ -64,8 +67,9 @@ class RunningServer:
     """uvicorn on a free loopback port in a background thread."""
 
     def __init__(self, loader: Callable[[], LoadedModel], limits: ServeLimits | None = None,
-                 before_job: Callable[[Job], None] | None = None) -> None:
-        self.app = create_app(loader, model_name="tiny", limits=limits or ServeLimits(threads=None), before_job=before_job)
+                 before_job: Callable[[Job], None] | None = None, strict_model: bool = False) -> None:
+        self.app = create_app(loader, model_name="tiny", limits=limits or ServeLimits(threads=None), before_job=before_job,
+                              strict_model=strict_model)
         self.worker = self.app.state.worker
         sock = bind_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -171,7 +175,6 @@ def test_streaming_concatenates_to_the_greedy_text_and_ends_with_usage(server, r
 @pytest.mark.parametrize(
     ("body", "param", "needle"),
     [
-        ({"model": "nope", "prompt": "x"}, "model", "does not exist"),
         ({"model": "tiny", "prompt": "x", "temperature": -0.5}, "temperature", "greater than or equal to 0"),
         ({"model": "tiny", "prompt": "x", "top_p": 0}, "top_p", "greater than 0"),
         ({"model": "tiny", "prompt": "x", "top_p": 1.5}, "top_p", "less than or equal to 1"),
@@ -194,6 +197,37 @@ def test_bad_completion_requests_are_400_with_openai_errors(server, body, param,
     error = caught.value.body
     assert caught.value.status_code == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == param and needle in error["message"]
+
+
+def test_any_model_name_is_answered_with_the_servers_id(server, reference):
+    client = server.client()
+    ids = prompt_ids(reference, PROMPTS[1])
+    plain = client.completions.create(model="gpt-4o-mini", prompt=PROMPTS[1], max_tokens=12, temperature=0)
+    assert plain.model == "tiny" and plain.choices[0].text == expected_text(reference, ids, 12)
+    messages = [{"role": "user", "content": "Good morrow."}]
+    chat = client.chat.completions.create(model="llama3", messages=messages, max_tokens=8, temperature=0)
+    assert chat.model == "tiny" and chat.choices[0].message.content == client.chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0).choices[0].message.content
+    chunks = list(client.chat.completions.create(model="", messages=messages, max_tokens=4, temperature=0, stream=True))
+    assert chunks and {chunk.model for chunk in chunks} == {"tiny"}
+
+
+def test_strict_model_refuses_other_names_with_an_openai_error(checkpoint, reference):
+    running = RunningServer(lambda: load_model(checkpoint), strict_model=True)
+    try:
+        running.wait_until(lambda: running.health().status_code == 200, "the model to load")
+        client = running.client()
+        for request in (lambda: client.completions.create(model="nope", prompt="x", max_tokens=2),
+                        lambda: client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])):
+            with pytest.raises(openai.BadRequestError) as caught:
+                request()
+            assert caught.value.status_code == 400
+            assert caught.value.body == {"message": "the model 'nope' does not exist; this server serves 'tiny'",
+                                         "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+        served = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=6, temperature=0)
+        assert served.model == "tiny" and served.choices[0].text == expected_text(reference, prompt_ids(reference, PROMPTS[2]), 6)
+    finally:
+        running.stop()
 
 
 def test_bad_chat_requests_and_raw_http_errors(server):
@@ -399,3 +433,20 @@ def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, refe
     finally:
         process.terminate()
         process.wait(20)
+
+
+def test_cli_strict_model_flag_reaches_the_server(checkpoint, monkeypatch):
+    made: list[dict] = []
+    real_create_app = serve.server.create_app
+
+    def recording_create_app(loader, **kwargs):  # noqa: ANN001, ANN003, ANN202 - create_app's own signature
+        made.append(kwargs)
+        return real_create_app(loader, **kwargs)
+
+    # Parse the flags and build the app, but serve nothing (the port is bound and closed again).
+    monkeypatch.setattr(serve.server, "create_app", recording_create_app)
+    monkeypatch.setattr(serve.server, "run_server", lambda app, sock, access_log=False: sock.close())
+    for flags in ([], ["--strict-model"]):
+        result = CliRunner().invoke(cli_app, ["serve", str(checkpoint), "--port", "0", *flags], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert [(kwargs["model_name"], kwargs["strict_model"]) for kwargs in made] == [("last", False), ("last", True)]

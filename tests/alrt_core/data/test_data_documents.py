@@ -101,8 +101,23 @@ def test_split_gives_each_side_at_least_one_document_and_splits_duplicates_by_po
         assert (len(train), len(val)) == (1, 1)
 
 
+def test_a_single_document_is_cut_at_the_paragraph_start_nearest_the_fraction():
+    paragraphs = [f"Paragraph {i}.\nIts second line.\n" for i in range(20)]
+    text = "\n".join(paragraphs)  # a blank line between paragraphs
+    train, val = split_documents([Document("book.txt", text)], 0.1, seed=1)
+    assert len(train) == len(val) == 1
+    assert train[0].text + val[0].text == text  # every byte on exactly one side
+    assert val[0].text.startswith("Paragraph 18.\n") and train[0].text.endswith("line.\n\n")
+    assert "book.txt" in train[0].title and "paragraph" in val[0].title
+    # No blank lines: the nearest line start; unicode counts characters, and bytes still add up exactly.
+    lines = "".join(f"ligne {i} é\n" for i in range(10))
+    head, tail = split_documents([Document("l", lines)], 0.3, seed=0)
+    assert head[0].text + tail[0].text == lines and tail[0].text.startswith("ligne 7 é")
+    assert len(head[0].text.encode()) + len(tail[0].text.encode()) == len(lines.encode())
+
+
 def test_split_errors():
-    with pytest.raises(UserError, match="only one document.*--val-input"):
+    with pytest.raises(UserError, match="only one document.*no line break.*--val-input"):
         split_documents([Document("a", "text")], 0.05, seed=1)
     with pytest.raises(UserError, match="validation fraction must be between 0 and 1"):
         split_documents([Document("a", "x"), Document("b", "y")], 1.0, seed=1)

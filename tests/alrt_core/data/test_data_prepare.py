@@ -110,6 +110,19 @@ def test_explicit_validation_inputs(tmp_path):
     assert info.meta["split"] == {"method": "val_inputs"}
 
 
+def test_a_single_text_file_is_split_at_a_paragraph_near_the_fraction(tmp_path):
+    book = tmp_path / "book.txt"
+    text = "\n\n".join(synthetic_text(i, lines=12) for i in range(20))  # one document of 20 paragraphs
+    book.write_text(text, encoding="utf-8", newline="")
+    info = prepare_dataset([book], tmp_path / "out", vocab_size=300, val_fraction=0.1, progress=False)
+    (train,), (val,) = decoded_documents(info, "train"), decoded_documents(info, "val")
+    assert train + val == text
+    assert info.meta["train_bytes"] + info.meta["val_bytes"] == len(text.encode("utf-8"))
+    assert 0.05 < info.meta["val_bytes"] / len(text.encode("utf-8")) < 0.15
+    assert train.endswith("\n\n") and not val.startswith("\n")
+    assert info.meta["split"]["method"] == "single_document" and info.meta["val_documents"] == 1
+
+
 def test_golf_normalization_dataset_counts_decoded_bytes(tmp_path):
     write_corpus(tmp_path / "in")
     info = prepare_dataset([tmp_path / "in"], tmp_path / "out", vocab_size=300, golf_normalization=True,

@@ -24,6 +24,7 @@ from alrt_core.training.compile import probe
 from alrt_core.training.events import read_events
 from alrt_core.training.muon import Muon, normalize_rows
 from alrt_core.training.optimizers import build_optimizers, split_parameters
+from alrt_core.training.rank_resize import resize_layer
 from alrt_core.training.swa import WeightSWA, checkpoint_eval_weights
 from alrt_core.training.trainer import Trainer
 from export.gptq import round_to_nearest
@@ -44,7 +45,7 @@ def test_muon_row_normalisation_equalises_rows_before_newton_schulz(monkeypatch)
     grad = torch.randn(6, 10) * torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0, 1.0])[:, None]  # unequal row norms
     seen: list[torch.Tensor] = []
     original = muon_module.orthogonalize
-    monkeypatch.setattr(muon_module, "orthogonalize", lambda m, steps=5: seen.append(m.clone()) or original(m, steps))
+    monkeypatch.setattr(muon_module, "orthogonalize", lambda m, steps=5, **kw: seen.append(m.clone()) or original(m, steps, **kw))
     _muon_step(grad, row_normalize=True)
     torch.testing.assert_close(seen[0].norm(dim=1), torch.ones(6))  # what Newton–Schulz receives
     torch.testing.assert_close(normalize_rows(grad) * grad.norm(dim=1, keepdim=True), grad)
@@ -105,18 +106,19 @@ def test_swa_mean_is_the_mean_of_the_samples_and_follows_the_schedule():
 
 
 @pytest.mark.parametrize("new_rank", [2, 5])
-def test_swa_mean_follows_a_rank_change_like_the_ema(new_rank):
+def test_swa_mean_follows_a_rank_change_by_the_live_layers_maps(new_rank):
     torch.manual_seed(0)
+    layer = FactorizedLinear(6, 8, rank=4)
+    mean_u, mean_v = layer.U.detach() + 0.1 * torch.randn(8, 4), layer.V.detach() + 0.1 * torch.randn(4, 6)
     swa = WeightSWA(start_frac=0.5, every=1)
-    u, v = torch.randn(8, 4), torch.randn(4, 6)
-    swa.add({"layer.U": u, "layer.V": v})
-    model = torch.nn.ModuleDict({"layer": FactorizedLinear(6, 8, rank=new_rank)})
-    swa.follow_resizes(model)
+    swa.add({"layer.U": mean_u, "layer.V": mean_v})
+    resize = resize_layer(layer, new_rank, [], generator=torch.Generator().manual_seed(0))
+    swa.follow_resize("layer", resize)
     assert swa.mean["layer.U"].shape == (8, new_rank) and swa.mean["layer.V"].shape == (new_rank, 6)
-    product = swa.mean["layer.U"] @ swa.mean["layer.V"]
-    p, sigma, qh = torch.linalg.svd(u @ v)
-    best = (p[:, :new_rank] * sigma[:new_rank]) @ qh[:new_rank] if new_rank < 4 else u @ v
-    torch.testing.assert_close(product, best, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(swa.mean["layer.U"], mean_u @ resize.a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(swa.mean["layer.V"], resize.b @ mean_v, atol=1e-6, rtol=0)
+    if new_rank > 4:  # growth leaves the mean's function unchanged
+        torch.testing.assert_close(swa.mean["layer.U"] @ swa.mean["layer.V"], mean_u @ mean_v, atol=1e-6, rtol=0)
 
 
 def test_trainer_samples_swa_in_the_window_and_evaluates_the_mean(small_dataset, tmp_path):

@@ -166,3 +166,50 @@ def test_cpu_splits_large_micro_batches_into_more_micro_steps(small_dataset, tmp
     assert start["micro_batch_capped"] is True and start["accumulation"] == 8
     # The same rows in the same order: the losses agree up to the order of float summation.
     assert step_losses(tmp_path / "split") == pytest.approx(step_losses(tmp_path / "whole"), rel=1e-4)
+
+
+def test_best_checkpoint_compares_evaluations_of_the_same_tokens(small_dataset, tmp_path):
+    # With every learning rate at zero the model never changes: each capped eval scores the same 128 tokens alike,
+    # and the final eval of the whole split (other tokens, another bpb) must not be taken for an improvement.
+    config = tiny_config(small_dataset.root, "train.max_steps=6", "train.eval_every=2", "train.eval_tokens=128",
+                         "train.matrix_lr=0", "train.embed_lr=0", "train.scalar_lr=0")
+    result = Trainer(config, tmp_path / "run", progress=False).run()
+    evals = [e for e in read_events(tmp_path / "run" / "train.jsonl") if e["event"] == "eval"]
+    capped, whole = [e for e in evals if e["compared"]], [e for e in evals if not e["compared"]]
+    assert [e["step"] for e in capped] == [2, 4, 6] and {e["val_tokens"] for e in capped} == {128}
+    assert [e["improved"] for e in capped] == [True, False, False]
+    assert len(whole) == 1 and whole[0]["full"] and whole[0]["val_tokens"] > 128 and not whole[0]["improved"]
+    assert whole[0]["val_bpb"] < capped[0]["val_bpb"]  # 5.59 vs 5.91: compared, it would have been "best"
+    assert result.best_val_bpb == capped[0]["val_bpb"] == load_checkpoint(tmp_path / "run" / "best.pt")["val"]["bpb"]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["step"] == 2
+    assert result.final.bpb == whole[0]["val_bpb"]  # the run's final figure is the whole split's
+
+
+def test_auto_precision_is_probed_at_start_reported_and_kept_on_resume(small_dataset, tmp_path, monkeypatch):
+    from alrt_core import precision
+
+    precision.probe_precision.cache_clear()
+    monkeypatch.setattr(precision, "_rate", lambda shapes, bf16, seconds: 50.0 if bf16 else 100.0)
+    config = tiny_config(small_dataset.root, "train.autocast=auto", "train.max_steps=4", "train.eval_every=2")
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.listeners.append(lambda e: trainer.request_stop("test") if e["event"] == "eval" and e["step"] == 2 else None)
+    trainer.run()
+    start = read_events(tmp_path / "run" / "train.jsonl")[0]
+    probe = start["precision_probe"]
+    assert start["precision"] == "fp32" and start["precision_mode"] == "auto"
+    assert (probe["fp32_gflops"], probe["bf16_gflops"], probe["chosen"]) == (100.0, 50.0, "fp32")
+    # The probe ran at this model's own matmul shapes (factorised: in x r and r x out), rows = the micro-batch.
+    from alrt_core.model.gpt import GPT
+
+    built = GPT(trainer.config.model, layer_ranks=start["layer_ranks"])
+    factors = {(layer.in_features, layer.rank) for layer in built.projections().values()}
+    factors |= {(layer.rank, layer.out_features) for layer in built.projections().values()}
+    assert probe["shapes"] and all(rows == trainer.micro_sequences * 64 and (k, n) in factors
+                                   for rows, k, n in probe["shapes"])
+    # The machine now measures bf16 faster: a resumed run still trains as the interrupted run did.
+    precision.probe_precision.cache_clear()
+    monkeypatch.setattr(precision, "_rate", lambda shapes, bf16, seconds: 500.0 if bf16 else 100.0)
+    Trainer(None, resume=tmp_path / "run" / "last.pt", progress=False).run()
+    starts = [e for e in read_events(tmp_path / "run" / "train.jsonl") if e["event"] == "run_start"]
+    assert starts[-1]["precision"] == "fp32" and starts[-1]["precision_probe"] == probe
+    precision.probe_precision.cache_clear()
