@@ -284,7 +284,9 @@ def _preset_tiny() -> RunConfig:
     return RunConfig(
         preset="tiny",
         model=ModelConfig(num_layers=2, model_dim=64, num_heads=2, num_kv_heads=1, mlp_mult=2.0, seq_len=64),
-        train=TrainConfig(batch_tokens=1024, max_steps=20, warmup_steps=2, eval_every=10, eval_tokens=8192, log_every=5),
+        # fp32 without a probe: smoke runs and tests that compare two processes need the same arithmetic in both.
+        train=TrainConfig(batch_tokens=1024, max_steps=20, warmup_steps=2, eval_every=10, eval_tokens=8192, log_every=5,
+                          autocast="off"),
         rank=RankConfig(warmup_steps=3, update_every=3),
     )
 

@@ -103,12 +103,20 @@ def probe_precision(device_type: str, shapes: tuple[tuple[int, int, int], ...] =
     if device_type != "cpu":
         return PrecisionProbe(device_type, None, None, False, 0.0, shapes)
     started = time.perf_counter()
-    # Interleaved (fp32, bf16, fp32, bf16) so a change of machine load between them touches both alike.
-    quarter = PROBE_SECONDS / 4
-    fp32 = max(_rate(shapes, False, quarter), 1e-9)
-    bf16 = _rate(shapes, True, quarter)
-    fp32 = max(fp32, _rate(shapes, False, quarter))
-    bf16 = max(bf16, _rate(shapes, True, quarter))
+    # One thread: the choice depends on the ratio of the kernels' rates, which one core shows, and a single thread
+    # cannot stall in an OpenMP barrier when another process holds the other core (with two threads on a busy
+    # machine, fp32 matmuls were measured at 0.03 GFLOP/s for moments, which would have chosen bf16 at 1 GFLOP/s).
+    # Interleaved rounds (fp32, bf16, fp32, bf16), best of each, so a burst of load touches both alike and a
+    # slowed round does not decide.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        quarter = PROBE_SECONDS / 4
+        rounds = [(_rate(shapes, False, quarter), _rate(shapes, True, quarter)) for _ in range(2)]
+    finally:
+        torch.set_num_threads(threads)
+    fp32 = max(max(r[0] for r in rounds), 1e-9)
+    bf16 = max(r[1] for r in rounds)
     return PrecisionProbe("cpu", fp32, bf16, bf16 > BF16_MIN_SPEEDUP * fp32, time.perf_counter() - started, shapes)
 
 
