@@ -80,7 +80,7 @@ def quantize(
     compressor: Annotated[str, typer.Option(help="auto (smallest of all), brotli, zstd or lzma.")] = "auto",
     storage: Annotated[str, typer.Option(help="auto, packed (dense bits) or bytes (one byte per value).")] = "auto",
     count_code: Annotated[list[Path] | None, typer.Option("--count-code", help="Files or folders whose bytes count against the budget (repeatable).")] = None,
-    small_max: Annotated[int, typer.Option(help="Matrices with at most this many values stay fp16.")] = 4096,
+    small_max: Annotated[int, typer.Option(help="Matrices with at most this many values stay fp16 (default 0: none).")] = 0,
     data: Annotated[str | None, typer.Option(help="Calibration/eval data (default: the run's): a shard folder (train shards calibrate, val shards evaluate) or .txt/.jsonl text, tokenised with the model's tokenizer and split by document (5% held out for --eval).")] = None,
     run_eval: Annotated[bool, typer.Option("--eval", help="Validation bpb of the checkpoint and of the artifact (the quant gap).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,

@@ -206,7 +206,14 @@ class RankConfig:
     resize_method: str = "svd"  # svd (truncated SVD, sqrt split) | truncate (drop trailing components)
     on_resize: str = "project"  # project the optimizer state into the new basis | reset it to zero
     target_params: int | None = None  # budget-driven: total model parameters to track
-    target_bytes: str | None = None  # budget-driven: artifact bytes (int6 matrices, int8 embedding), e.g. "16MB"
+    target_bytes: str | None = None  # budget-driven: artifact bytes, e.g. "16MB" (see bytes_model)
+    # How target_bytes counts: "artifact" = the compressed file `alrt quantize` writes (measured per-value rates plus
+    # manifest and tokenizer); "packed" = int6/int8 packing before compression (an upper bound of the payload).
+    bytes_model: str = "artifact"
+    # Dense warm start (Cuttlefish): train every projection dense for this fraction of the run, then factorise each
+    # by truncated SVD at the rank its spectrum (and the budget) asks for, carrying Muon's momentum; 0 = factorised
+    # from the first step.
+    dense_warmup_frac: float = 0.0
     log_full: bool = False  # log every layer's measurement at every update (rank_full events)
 
     @property
@@ -240,6 +247,12 @@ class RankConfig:
             raise UserError(f"a rank budget (--target-params/--target-bytes) needs rank.policy stable or energy, not {self.policy}")
         if self.target_bytes is not None:
             parse_byte_size(self.target_bytes)
+        if self.bytes_model not in ("artifact", "packed"):
+            raise UserError(f"rank.bytes_model={self.bytes_model!r} must be 'artifact' or 'packed'")
+        if not 0.0 <= self.dense_warmup_frac < 1.0:
+            raise UserError(f"rank.dense_warmup_frac={self.dense_warmup_frac} must be in [0, 1)")
+        if self.dense_warmup_frac > 0 and self.policy not in ("stable", "energy"):
+            raise UserError(f"rank.dense_warmup_frac needs rank.policy stable or energy, not {self.policy}")
 
 
 @dataclass

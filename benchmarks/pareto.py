@@ -22,7 +22,7 @@ quantised without a budget: its artifact bytes are the budget of the ALRT point 
 
 **ALRT** at each dense member's bytes: `--target-bytes` set to those bytes (the controller's pressure keeps the
 ranks' estimated artifact within them), from the start shape `--alrt-start` gives (`same`: the dense member's
-shape; `wide`: 1.5× its width; `deep`: 6 blocks), then `alrt quantize --budget BYTES`, so the point is never
+shape; `wide`: 1.5× its width; `deep`: 6 blocks; `mlp`: a 6× MLP), then `alrt quantize --budget BYTES`, so the point is never
 over the dense point's bytes. `--alrt-set` adds `--set` items to the ALRT runs only (a lever under test).
 
 Output: a table (budget, method, shape, parameters, tokens per parameter, artifact bytes, sliding bpb of the
@@ -50,7 +50,7 @@ from benchmarks.alrt_compare import RESULTS, run_logged, summarize  # noqa: E402
 # Held out of training for the second split: a comedy, a history and a narrative poem (~295k characters).
 SECOND_SPLIT_TITLES = ("The Comedy of Errors", "King John", "The Rape of Lucrece")
 DEFAULT_WIDTHS = (64, 96, 128, 192, 256)
-ALRT_STARTS = ("same", "wide", "deep")
+ALRT_STARTS = ("same", "wide", "deep", "mlp")
 VOCAB_SIZE = 1024
 SEED = 1337
 
@@ -65,7 +65,9 @@ def dense_shape(width: int, layers: int = 4) -> dict[str, int]:
             "num_kv_heads": heads // 2 if heads % 2 == 0 else 1}
 
 
-def alrt_shape(width: int, start: str) -> dict[str, int]:
+def alrt_shape(width: int, start: str) -> dict[str, Any]:
+    if start == "mlp":  # the same width (and embedding), a 6x MLP: room for the bytes low-rank Q/K give up
+        return {**dense_shape(width), "mlp_mult": 6.0}
     if start == "wide":
         return dense_shape(int(round(width * 1.5 / 32)) * 32)
     if start == "deep":
@@ -111,8 +113,8 @@ def sliding_bpb(model: Path, data: Path | None, label: str) -> float:
 
 
 def run_point(method: str, width: int, shape: dict[str, int], minutes: float, budget: int | None,
-              extra_sets: list[str], data: Path, second: Path, root: Path) -> dict[str, Any]:
-    name = f"{method}-{width}"
+              extra_sets: list[str], data: Path, second: Path, root: Path, tag: str) -> dict[str, Any]:
+    name = f"{tag}-{method}-{width}"  # the tag keeps screening runs that share a root apart
     run_dir = root / name
     sets = [f"model.{key}={value}" for key, value in shape.items()] + extra_sets
     policy = ["--rank-policy", "dense"] if method == "dense" else ["--rank-policy", "stable", "--target-bytes", str(budget)]
@@ -214,7 +216,7 @@ def main() -> None:
     for width in widths:
         if "dense" in methods and not any(r["method"] == "dense" and r["width"] == width for r in rows):
             rows.append(run_point("dense", width, dense_shape(width), args.minutes, None, args.overrides,
-                                  data, second, root))
+                                  data, second, root, args.tag))
             print(f"dense {width}: {rows[-1]['artifact_bytes']:,} B, val {rows[-1]['artifact_val_bpb']:.4f}",
                   file=sys.stderr, flush=True)
     for width in widths:
@@ -224,7 +226,7 @@ def main() -> None:
         if dense is None:
             raise SystemExit(f"ALRT at width {width} needs the dense point's bytes: run dense or pass --dense-from")
         rows.append(run_point("alrt", width, alrt_shape(width, args.alrt_start), args.minutes, dense["artifact_bytes"],
-                              [*args.overrides, *args.alrt_set], data, second, root))
+                              [*args.overrides, *args.alrt_set], data, second, root, args.tag))
         print(f"alrt {width}: {rows[-1]['artifact_bytes']:,} B, val {rows[-1]['artifact_val_bpb']:.4f}",
               file=sys.stderr, flush=True)
     report = {"minutes": args.minutes, "widths": widths, "alrt_start": args.alrt_start, "alrt_set": args.alrt_set,

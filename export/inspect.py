@@ -7,7 +7,7 @@ from math import prod
 from pathlib import Path
 from typing import Any
 
-from export.artifact import FORMAT_VERSION, HEADER_SIZE, read_artifact
+from export.artifact import HEADER_SIZE, format_version, read_artifact
 from export.payload import TOKENIZER_ENTRY
 
 
@@ -31,7 +31,7 @@ def artifact_report(path: Path) -> dict[str, Any]:
     return {
         "path": str(path),
         "file_bytes": file_bytes,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(path.read_bytes()[:HEADER_SIZE]),
         "compressor": manifest["compressor"],
         "storage": manifest["storage"],
         "config": manifest["config"],

@@ -1,10 +1,16 @@
-"""What a set of ranks costs: trained parameters, or artifact bytes at the int6 packing rate.
+"""What a set of ranks costs: trained parameters, or artifact bytes.
 
 Used by the budget-driven mode (`rank.target_params` / `rank.target_bytes`) to choose the global pressure, and by
-reports. The byte estimate mirrors what `alrt quantize` packs before compression: projection matrices at 6 bits with
-an fp16 scale per row, kept as factors when r·(m+n) < m·n and folded to dense otherwise; the embedding (and an
-untied head) at 8 bits with a scale per row; every other tensor in fp16. Compression usually saves a little more,
-so the estimate errs on the safe side.
+reports. Bytes follow how `alrt quantize` stores a model: projection matrices as int6 with an fp16 scale per row,
+kept as factors when that is smaller than dense and folded otherwise; the embedding (and an untied head, and the
+lookup tables) as int8 with a scale per row; every other tensor in fp16. Two rates per stored value:
+
+- `PACKED`: the exact packing before compression (6 and 8 bits), an upper bound of the payload;
+- `ARTIFACT` (what `rank.target_bytes` budgets by default): the compressed cost measured on trained artifacts of
+  this project's `cpu`-shape family (4 blocks, widths 64–256, GPTQ with clip search, brotli): int6 values took 4.6–
+  5.3 bits each besides their row scales, the int8 embedding 6.6–7.6 bits; plus what every artifact carries besides
+  the weights (header, compressed manifest, compressed tokenizer: `overhead_bytes`). The rates sit at the high end
+  of the measurements, so the estimate errs towards fitting; `alrt quantize --budget` still measures the real file.
 """
 
 from __future__ import annotations
@@ -13,10 +19,27 @@ from dataclasses import dataclass
 
 from alrt_core.model.gpt import GPT
 
-MATRIX_BITS = 6
-EMBED_BITS = 8
-SCALE_BYTES = 2
-SMALL_TENSOR_BYTES = 2
+
+@dataclass(frozen=True)
+class StorageRates:
+    """Bits per stored value of each kind, and bytes per row scale and per fp16 value."""
+
+    matrix_bits: float
+    embed_bits: float
+    scale_bytes: float = 2.0
+    small_tensor_bytes: float = 2.0
+
+
+PACKED = StorageRates(matrix_bits=6.0, embed_bits=8.0)
+ARTIFACT = StorageRates(matrix_bits=5.3, embed_bits=7.6)
+# Header (56 B) and compressed manifest (~2–3 KB measured for 24–40 tensors), before the tokenizer.
+ARTIFACT_FIXED_BYTES = 3_500
+TOKENIZER_COMPRESSION = 0.35  # brotli on a sentencepiece model: 14,271 → 4,349 bytes measured (0.30)
+
+
+def artifact_overhead_bytes(tokenizer_bytes: int) -> float:
+    """What an artifact carries besides the weights: header, manifest and the compressed tokenizer."""
+    return ARTIFACT_FIXED_BYTES + TOKENIZER_COMPRESSION * tokenizer_bytes
 
 
 @dataclass(frozen=True)
@@ -26,13 +49,14 @@ class CostModel:
     shapes: dict[str, tuple[int, int]]  # name -> (out, in)
     fixed_params: int
     fixed_bytes: float
+    rates: StorageRates = PACKED
 
     @classmethod
-    def of(cls, model: GPT) -> CostModel:
+    def of(cls, model: GPT, rates: StorageRates = PACKED, overhead_bytes: float = 0.0) -> CostModel:
         projections = model.projections()
         shapes = {name: (layer.out_features, layer.in_features) for name, layer in projections.items()}
         taken = {id(p) for layer in projections.values() for p in layer.parameters()}
-        fixed_params, fixed_bytes = 0, 0.0
+        fixed_params, fixed_bytes = 0, float(overhead_bytes)
         embedding_like = {id(model.embed.weight)} | ({id(model.head.weight)} if model.head is not None else set())
         # BigramHash / value-embedding tables and projections are stored at the embedding's bits too.
         embedding_like |= {id(p) for p in (*model.extra_tables().values(), *model.extra_matrices().values())}
@@ -42,10 +66,10 @@ class CostModel:
             fixed_params += parameter.numel()
             if id(parameter) in embedding_like:
                 rows = parameter.shape[0]
-                fixed_bytes += parameter.numel() * EMBED_BITS / 8 + rows * SCALE_BYTES
+                fixed_bytes += parameter.numel() * rates.embed_bits / 8 + rows * rates.scale_bytes
             else:
-                fixed_bytes += parameter.numel() * SMALL_TENSOR_BYTES
-        return cls(shapes, fixed_params, fixed_bytes)
+                fixed_bytes += parameter.numel() * rates.small_tensor_bytes
+        return cls(shapes, fixed_params, fixed_bytes, rates)
 
     def layer_params(self, name: str, rank: int | None) -> int:
         out_features, in_features = self.shapes[name]
@@ -53,10 +77,11 @@ class CostModel:
 
     def layer_bytes(self, name: str, rank: int | None) -> float:
         out_features, in_features = self.shapes[name]
-        dense = out_features * in_features * MATRIX_BITS / 8 + out_features * SCALE_BYTES
+        bits, scale = self.rates.matrix_bits, self.rates.scale_bytes
+        dense = out_features * in_features * bits / 8 + out_features * scale
         if rank is None:
             return dense
-        factors = rank * (out_features + in_features) * MATRIX_BITS / 8 + (out_features + rank) * SCALE_BYTES
+        factors = rank * (out_features + in_features) * bits / 8 + (out_features + rank) * scale
         return min(dense, factors)
 
     def total(self, ranks: dict[str, int | None], unit: str) -> float:

@@ -35,7 +35,7 @@ class RankDecision:
     estimate: float
     ema: float
     target: int
-    old_rank: int
+    old_rank: int | None  # None: the layer was dense (the end of a dense warm start)
     new_rank: int
 
     @property

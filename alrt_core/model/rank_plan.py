@@ -43,7 +43,7 @@ def initial_layer_ranks(model: ModelConfig, rank: RankConfig) -> dict[str, int |
     for index in range(model.num_layers):
         for kind in PROJECTION_KINDS:
             name = layer_name(index, kind)
-            if rank.policy == "dense":
+            if rank.policy == "dense" or rank.dense_warmup_frac > 0:  # a dense warm start factorises later
                 ranks[name] = None
                 continue
             out_features, in_features = projection_shape(model, kind)

@@ -35,6 +35,20 @@ def compile_model(model: nn.Module, *, dynamic_parameter_shapes: bool) -> tuple[
         return model, describe(error)
 
 
+def mark_ranks_dynamic(model: nn.Module) -> None:
+    """Mark the rank dimension of every factor (`U`'s columns, `V`'s rows) dynamic, before compiling and again on
+    the new parameters after each resize. Left to dynamo's automatic dynamic shapes, the first compilation
+    specialises on the starting ranks and the first resize compiles everything again: on the `cpu` shape at width
+    128, 56 s, then 39 s more at the first resize; marked, 68 s once and no recompilation at any resize, the same
+    step time."""
+    for module in model.modules():
+        u, v = getattr(module, "U", None), getattr(module, "V", None)
+        # Dynamo specialises sizes 0 and 1, so a rank-1 factor stays static (it recompiles if it moves).
+        if isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.shape[1] > 1:
+            torch._dynamo.mark_dynamic(u, 1)
+            torch._dynamo.mark_dynamic(v, 0)
+
+
 def probe(step: Callable[[], None]) -> str | None:
     """Run `step` (one forward and backward through the compiled model) with compile errors raised, not hidden.
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from alrt_core.model.spectral import Resize
-from alrt_core.training.rank_resize import follow_resize
+from alrt_core.training.rank_resize import follow_factorization, follow_resize
 
 
 class WeightEMA:
@@ -25,6 +25,10 @@ class WeightEMA:
     def follow_resize(self, layer: str, resize: Resize) -> None:
         """Move the averaged factors of `layer` by the live layer's resize maps (`rank_resize.follow_resize`)."""
         follow_resize(self.shadow, layer, resize)
+
+    def follow_factorization(self, layer: str, v: torch.Tensor) -> None:
+        """The averaged dense W of `layer` becomes factors on the live layer's V (`rank_resize.follow_factorization`)."""
+        follow_factorization(self.shadow, layer, v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from alrt_core.config import RankConfig
 from alrt_core.model.gpt import GPT, layer_kind
-from alrt_core.model.rank_budget import CostModel
+from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
 from alrt_core.model.rank_controller import (
     ControllerSettings,
     LayerRankState,
@@ -31,13 +32,14 @@ from alrt_core.model.rank_controller import (
     target_rank,
 )
 from alrt_core.model.rank_plan import (
+    break_even_rank,
     energy_rank,
     ordered_penalty_weights,
     schedule_rank,
 )
 from alrt_core.model.spectral import Resize, singular_values, stable_rank
 from alrt_core.training.distributed import DistributedContext
-from alrt_core.training.rank_resize import resize_layer
+from alrt_core.training.rank_resize import factorize_layer, resize_layer
 from alrt_core.units import parse_byte_size
 
 # Updates happen about once per epoch, but at least this often, so short runs still adapt.
@@ -45,10 +47,17 @@ MAX_DERIVED_UPDATE_INTERVAL = 100
 PRESSURE_RANGE = (1.0 / 16.0, 16.0)
 
 
+def max_factor_rank(layer: FactorizedLinear) -> int:
+    """The largest rank the controller gives a layer: break-even, or the layer's own rank when it starts above."""
+    return max(break_even_rank(layer.out_features, layer.in_features), layer.rank or 0)
+
+
 class ResizeFollower(Protocol):
     """A copy of the weights kept beside the model (the weight EMA, the SWA mean) that must follow each resize."""
 
     def follow_resize(self, layer: str, resize: Resize) -> None: ...
+
+    def follow_factorization(self, layer: str, v: Tensor) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,9 @@ class RankUpdate:
 
 
 class RankManager:
-    def __init__(self, config: RankConfig, model: GPT, *, seed: int, steps_per_epoch: int) -> None:
+    def __init__(self, config: RankConfig, model: GPT, *, seed: int, steps_per_epoch: int,
+                 tokenizer_bytes: int = 0) -> None:
+        """`tokenizer_bytes`: the size of the tokenizer model the artifact will carry (for `bytes_model=artifact`)."""
         self.config = config
         self.seed = seed
         self.settings = ControllerSettings(
@@ -100,14 +111,20 @@ class RankManager:
             warmup_steps=config.warmup_steps, min_rank=config.min_rank,
         )
         factorised = {name: layer for name, layer in model.projections().items() if layer.is_factorized}
-        self.states = {name: LayerRankState(rank=layer.rank or 0, max_rank=layer.max_rank) for name, layer in factorised.items()}
+        # A layer never grows past its break-even rank m·n/(m+n) (or its starting rank, if that is higher): beyond
+        # it the factors cost more parameters, bytes and FLOPs than the dense W they can at most represent.
+        self.states = {name: LayerRankState(rank=layer.rank or 0, max_rank=max_factor_rank(layer))
+                       for name, layer in factorised.items()}
         self.start_ranks = {name: state.rank for name, state in self.states.items()}
         generator = torch.Generator().manual_seed(seed)
         # Deterministic warm-start vectors (never the global RNG, which training's reproducibility depends on).
         self.vectors = {name: torch.randn(layer.in_features, generator=generator) for name, layer in factorised.items()}
         self.pressure = 1.0
         self.update_every = config.update_every or max(1, min(steps_per_epoch, MAX_DERIVED_UPDATE_INTERVAL))
-        self.costs = CostModel.of(model)
+        if config.bytes_model == "artifact":
+            self.costs = CostModel.of(model, ARTIFACT, artifact_overhead_bytes(tokenizer_bytes))
+        else:
+            self.costs = CostModel.of(model, PACKED)
         self.budget_unit, self.budget = self._budget(config)
 
     @staticmethod
@@ -121,6 +138,12 @@ class RankManager:
     @property
     def active(self) -> bool:
         return self.config.adaptive and bool(self.states)
+
+    def factorization_due(self, model: GPT, progress: float) -> bool:
+        """Whether a dense warm start (`rank.dense_warmup_frac`) ends now: the run has reached that fraction and
+        every projection is still dense (a resumed run past the switch has factorised layers)."""
+        return (self.config.adaptive and self.config.dense_warmup_frac > 0 and progress >= self.config.dense_warmup_frac
+                and not any(layer.is_factorized for layer in model.projections().values()))
 
     def is_due(self, step: int) -> bool:
         return self.active and step > 0 and step % self.update_every == 0
@@ -256,6 +279,65 @@ class RankManager:
             resize_seconds=time.perf_counter() - measured,
             ranks={name: int(rank) for name, rank in ranks_after.items() if rank is not None},
             disagreements=disagreements,
+        )
+
+    @torch.no_grad()
+    def factorize(
+        self,
+        step: int,
+        model: GPT,
+        optimizers: list[torch.optim.Optimizer],
+        followers: Sequence[ResizeFollower] = (),
+        ctx: DistributedContext | None = None,
+    ) -> RankUpdate:
+        """End of the dense warm start (Cuttlefish-style): every dense projection becomes `U·V` at the rank its own
+        spectrum asks for (the policy's estimate from W's singular values, times the safety factor and the budget
+        pressure solved for the byte/parameter budget), at most its break-even rank m·n/(m+n), where the factors
+        cost what W costs. Muon's momentum of W is carried into both factors; followers (EMA, SWA) are projected
+        onto the live factors. The controller then goes on from these ranks as from any update."""
+        started = time.perf_counter()
+        ranks_before, params_before = model.layer_ranks(), model.num_parameters()
+        layers = {name: layer for name, layer in model.projections().items() if not layer.is_factorized}
+        stable, estimates = {}, {}
+        for name, layer in layers.items():
+            sigma = torch.linalg.svdvals(layer.weight.detach().float())
+            energy = sigma.square()
+            stable[name] = float(energy.sum() / energy[0].clamp_min(1e-30))
+            estimates[name] = float(energy_rank(sigma, self.config.energy)) if self.config.policy == "energy" else stable[name]
+            # Capped at break-even for the switch (and for the budget's solve): beyond it the factors cost more
+            # than W. Later updates may grow a layer up to min(m, n), as from any starting rank.
+            cap = break_even_rank(layer.out_features, layer.in_features)
+            self.states[name] = LayerRankState(rank=cap, max_rank=cap, ema=estimates[name])
+        base = self.config.safety_factor if self.config.policy == "stable" else 1.0
+        if self.budget is not None:
+            self.pressure = self._solve_pressure(base)
+        chosen = {name: target_rank(self.states[name], base * self.pressure, self.settings) for name in layers}
+        if ctx is not None and ctx.enabled:
+            agreed = ctx.broadcast(torch.tensor(list(chosen.values()), dtype=torch.int64)).tolist()
+            chosen = dict(zip(chosen, (int(rank) for rank in agreed), strict=True))
+        measured = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.seed * 7_919 + step)
+        reports = []
+        for name, layer in layers.items():
+            v = factorize_layer(layer, chosen[name], optimizers)
+            for follower in followers:
+                follower.follow_factorization(name, v)
+            state = self.states[name]
+            decision = RankDecision(estimates[name], float(state.ema or 0.0), chosen[name], None, chosen[name])
+            state.rank = chosen[name]
+            self.vectors[name] = torch.randn(layer.in_features, generator=generator)
+            self.start_ranks[name] = chosen[name]
+            reports.append(LayerReport(name, layer_kind(name), stable[name], decision))
+        ranks_after = model.layer_ranks()
+        return RankUpdate(
+            step=step, layers=reports, pressure=self.pressure, params_before=params_before,
+            params_after=model.num_parameters(),
+            projection_params_before=self.costs.projection_params(ranks_before),
+            projection_params_after=self.costs.projection_params(ranks_after),
+            budget_unit=self.budget_unit, budget=self.budget,
+            budget_estimate=self.costs.total(ranks_after, self.budget_unit) if self.budget_unit else None,
+            measure_seconds=measured - started, resize_seconds=time.perf_counter() - measured,
+            ranks={name: int(rank) for name, rank in ranks_after.items() if rank is not None},
         )
 
     # -- checkpoints -----------------------------------------------------------------------------------------

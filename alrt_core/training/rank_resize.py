@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.factorized import FactorizedLinear, sqrt_split_svd
 from alrt_core.model.spectral import Resize, grow, truncated_svd
 
 RESIZE_METHODS = ("svd", "truncate")
@@ -93,3 +93,49 @@ def follow_resize(weights: dict[str, torch.Tensor], layer: str, resize: Resize) 
     of the live layer (growth gives the copy zero columns and rows, so its function is unchanged)."""
     u, v = weights[f"{layer}.U"], weights[f"{layer}.V"]
     weights[f"{layer}.U"], weights[f"{layer}.V"] = u @ resize.a.to(u), resize.b.to(v) @ v
+
+
+@torch.no_grad()
+def factorize_layer(layer: FactorizedLinear, rank: int, optimizers: list[torch.optim.Optimizer]) -> torch.Tensor:
+    """Turn a dense layer into `U·V` at `rank` (the sqrt split of W's truncated SVD), in place; returns the new V.
+
+    The optimizer state of W is carried into both factors by the gradient maps of `W = U·V` (`G_U = G·Vᵀ`,
+    `G_V = Uᵀ·G`): momentum is a sum of gradients, so it maps exactly; a second moment maps by its root. The new
+    parameters join the group named "factor" of an optimizer that has one (Muon's factor group), else W's group.
+    At `rank = min(m, n)` the layer computes the same function as before (up to float error)."""
+    if layer.is_factorized:
+        raise ValueError("the layer is already factorised")
+    if not 1 <= rank <= layer.max_rank:
+        raise ValueError(f"rank {rank} outside [1, {layer.max_rank}]")
+    weight = layer.weight
+    assert weight is not None
+    u, v = sqrt_split_svd(weight.data, rank)
+    new_u = torch.nn.Parameter(u.to(weight.dtype).contiguous())
+    new_v = torch.nn.Parameter(v.to(weight.dtype).contiguous())
+    layer.weight, layer.U, layer.V = None, new_u, new_v
+    for optimizer in optimizers:
+        groups = [group for group in optimizer.param_groups if any(p is weight for p in group["params"])]
+        if not groups:
+            continue
+        groups[0]["params"] = [p for p in groups[0]["params"] if p is not weight]
+        target = next((group for group in optimizer.param_groups if group.get("name") == "factor"), groups[0])
+        target["params"] = [*target["params"], new_u, new_v]
+        state = optimizer.state.pop(weight, None)
+        if not state:
+            continue
+        for new, project in ((new_u, lambda m: m @ new_v.T.to(m.dtype)), (new_v, lambda m: new_u.T.to(m.dtype) @ m)):
+            carried = {key: _carry_state(key, value, project, new) if torch.is_tensor(value) and value.dim() == 2
+                       else value for key, value in state.items()}
+            optimizer.state[new] = carried
+    return new_v.detach()
+
+
+@torch.no_grad()
+def follow_factorization(weights: dict[str, torch.Tensor], layer: str, v: torch.Tensor) -> None:
+    """Another copy of a layer just factorised (EMA shadow, SWA mean): its dense `W_copy` becomes
+    `U_copy = W_copy·V⁺` with the live `V`, so `U_copy·V` is `W_copy` on the live layer's kept input subspace and
+    the copy's columns match the live factors' from the start."""
+    dense = weights.pop(f"{layer}.weight")
+    v = v.to(dense)
+    weights[f"{layer}.U"] = dense @ torch.linalg.pinv(v)
+    weights[f"{layer}.V"] = v.clone()

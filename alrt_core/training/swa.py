@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from alrt_core.model.spectral import Resize
 from alrt_core.training.ema import swap_weights
-from alrt_core.training.rank_resize import follow_resize
+from alrt_core.training.rank_resize import follow_factorization, follow_resize
 
 
 class WeightSWA:
@@ -53,6 +53,11 @@ class WeightSWA:
         before the resize stays a mean of the same components)."""
         if self.mean is not None:
             follow_resize(self.mean, layer, resize)
+
+    def follow_factorization(self, layer: str, v: Tensor) -> None:
+        """The mean's dense W of `layer` becomes factors on the live layer's V, as the EMA's does."""
+        if self.mean is not None:
+            follow_factorization(self.mean, layer, v)
 
     def swap_into(self, model: nn.Module) -> dict[str, Tensor]:
         """Load the mean into `model`; returns the live weights for `WeightEMA.restore` / `restore_weights`."""

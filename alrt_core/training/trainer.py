@@ -34,7 +34,7 @@ from alrt_core.model.rank_plan import initial_layer_ranks
 from alrt_core.precision import PrecisionProbe, autocast_context, matmul_shapes, probe_precision
 from alrt_core.training.batches import TrainBatches
 from alrt_core.training.checkpoint import load_checkpoint, save_checkpoint
-from alrt_core.training.compile import compile_model, probe, warn_fallback
+from alrt_core.training.compile import compile_model, mark_ranks_dynamic, probe, warn_fallback
 from alrt_core.training.distributed import DistributedContext, init_distributed
 from alrt_core.training.ema import WeightEMA, restore_weights
 from alrt_core.training.events import EventLog, Listener
@@ -43,7 +43,7 @@ from alrt_core.training.optimizers import (
     set_lr_scale,
     set_muon_momentum,
 )
-from alrt_core.training.rank_manager import RankManager
+from alrt_core.training.rank_manager import RankManager, RankUpdate
 from alrt_core.training.run_config import resolve_resume_config
 from alrt_core.training.schedule import Schedule, muon_momentum
 from alrt_core.training.swa import WeightSWA
@@ -160,6 +160,7 @@ class Trainer:
         self.ranks = RankManager(
             config.rank, self.model, seed=train.seed,
             steps_per_epoch=max(1, self.batches.tokens_per_epoch // train.batch_tokens),
+            tokenizer_bytes=len(self.tokenizer.model_bytes()),
         )
         self.val_tokens = np.concatenate([np.asarray(read_shard(path)) for path in self.dataset.val_files])
         self.schedule = Schedule(
@@ -199,7 +200,10 @@ class Trainer:
         process, every process trains eagerly and the run says so once (stderr and a `compile_fallback` event).
         Called after `run_start`, so the run's header is on screen while the compiler works."""
         started = time.perf_counter()
-        compiled, reason = compile_model(self.model, dynamic_parameter_shapes=self.ranks.active)
+        dynamic = self.ranks.active or self.config.rank.dense_warmup_frac > 0
+        if dynamic:
+            mark_ranks_dynamic(self.model)
+        compiled, reason = compile_model(self.model, dynamic_parameter_shapes=dynamic)
         if reason is None:
             self.compiled_model = compiled
             self._wrap_for_training()
@@ -343,6 +347,8 @@ class Trainer:
             reason = self.schedule.finished(self.step, self.elapsed) or (self._stop_reason or "interrupted" if stop_votes else None)
             if reason:
                 break
+            if self.ranks.factorization_due(self.model, self.schedule.progress(self.step, self.elapsed)):
+                self._factorize()  # outside the step's own timing: its seconds are counted by the update's record
             started = time.perf_counter()
             scale = self.schedule.lr_scale(self.step, self.elapsed)
             set_lr_scale(self.optimizers, scale)
@@ -421,8 +427,21 @@ class Trainer:
     def _update_ranks(self) -> None:
         """One controller update; its time counts against the wallclock budget like any training work."""
         followers = [copy for copy in (self.ema, self.swa) if copy is not None]
-        update = self.ranks.update(self.step, self.model, self.optimizers, followers, self.ctx)
+        self._record_rank_update(self.ranks.update(self.step, self.model, self.optimizers, followers, self.ctx))
+
+    def _factorize(self) -> None:
+        """The end of the dense warm start: every projection becomes U·V (its time counts as training time)."""
+        followers = [copy for copy in (self.ema, self.swa) if copy is not None]
+        update = self.ranks.factorize(self.step, self.model, self.optimizers, followers, self.ctx)
+        self.events.emit("factorize", self.step, ranks=update.ranks, params_before=update.params_before,
+                         params_after=update.params_after, budget_estimate=update.budget_estimate)
+        self._record_rank_update(update)
+
+    def _record_rank_update(self, update: RankUpdate) -> None:
+        """Rewrap after a change, count the time, log the update and each changed layer."""
         if update.changed:
+            if self.compiled_model is not self.model:
+                mark_ranks_dynamic(self.model)  # the new factors: no recompilation for their new ranks
             self._wrap_for_training()
         seconds = update.measure_seconds + update.resize_seconds
         self.elapsed += seconds

@@ -36,6 +36,22 @@ def test_damaged_files_are_user_errors(damage, message):
         decode_artifact(damage(sample()), "model.alrt")
 
 
+def test_the_manifest_is_compressed_and_version_1_files_still_read():
+    import hashlib
+    import json
+    import struct
+
+    manifest = {"format": "alrt-artifact", "config": {"layer": list(range(300))}, "tensors": {f"t{i}": {"bits": 6} for i in range(50)}}
+    data = encode_artifact(manifest, b"payload")
+    plain = len(json.dumps(decode_artifact(data)[0], sort_keys=True, separators=(",", ":")))
+    stored = struct.unpack_from("<I", data, 12)[0]
+    assert FORMAT_VERSION == 2 and stored < plain / 3  # brotli-compressed JSON
+    # A version-1 file (plain JSON manifest) written by an older alrt.
+    old_manifest = json.dumps(decode_artifact(data)[0], sort_keys=True, separators=(",", ":")).encode()
+    header = struct.pack("<8sIIQ32s", MAGIC, 1, len(old_manifest), 7, hashlib.sha256(old_manifest).digest())
+    assert decode_artifact(header + old_manifest + b"payload")[0]["config"] == manifest["config"]
+
+
 def test_is_artifact_by_magic(tmp_path):
     (tmp_path / "a.alrt").write_bytes(sample())
     (tmp_path / "b.pt").write_bytes(b"PK\x03\x04 not an artifact")

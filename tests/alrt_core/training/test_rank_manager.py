@@ -15,6 +15,15 @@ from alrt_core.training.rank_manager import RankManager
 VOCAB = 61
 
 
+def _train(model: GPT, optimizers, ema: WeightEMA, tokens: torch.Tensor, steps: int) -> None:  # noqa: ANN001
+    for _ in range(steps):
+        model(tokens, tokens).backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+        ema.update(model)
+
+
 def setup(rank_config: RankConfig, steps: int = 3, seed: int = 0):
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=VOCAB, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_mult=2.0, seq_len=16)
@@ -23,12 +32,7 @@ def setup(rank_config: RankConfig, steps: int = 3, seed: int = 0):
     ema = WeightEMA(model, 0.9)
     manager = RankManager(rank_config, model, seed=seed, steps_per_epoch=10)
     tokens = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(seed))
-    for _ in range(steps):
-        model(tokens, tokens).backward()
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad()
-        ema.update(model)
+    _train(model, optimizers, ema, tokens, steps)
     return model, optimizers, ema, manager, tokens
 
 
@@ -65,15 +69,6 @@ def _relative_gap(ema: WeightEMA, model: GPT, names: list[str]) -> float:
         averaged = ema.shadow[f"{name}.U"] @ ema.shadow[f"{name}.V"]
         gaps.append(float((averaged - live).norm() / live.norm()))
     return sum(gaps) / len(gaps)
-
-
-def _train(model: GPT, optimizers, ema: WeightEMA, tokens: torch.Tensor, steps: int) -> None:  # noqa: ANN001
-    for _ in range(steps):
-        model(tokens, tokens).backward()
-        for optimizer in optimizers:
-            optimizer.step()
-            optimizer.zero_grad()
-        ema.update(model)
 
 
 @pytest.mark.parametrize("method", ["svd", "truncate"])
@@ -190,3 +185,28 @@ def test_state_dict_round_trip_gives_identical_next_decisions():
     next_b = manager_b.update(20, model_b, opt_b)
     assert [r.to_dict() for r in next_a.layers] == [r.to_dict() for r in next_b.layers]
     assert model_a.layer_ranks() == model_b.layer_ranks()
+
+
+def test_layers_never_grow_past_their_break_even_rank():
+    # A huge safety factor asks every layer for its full rank min(m, n); past m·n/(m+n) the factors would cost more
+    # than the dense W, so the controller stops there.
+    model, optimizers, _, manager, _ = setup(RankConfig(safety_factor=100.0, max_step=10.0, warmup_steps=0, min_rank=1))
+    manager.update(10, model, optimizers)
+    for name, layer in model.projections().items():
+        even = layer.out_features * layer.in_features // (layer.out_features + layer.in_features)
+        assert layer.rank == even < layer.max_rank, name
+
+
+def test_artifact_bytes_count_compressed_rates_and_the_files_overhead():
+    from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
+
+    model, *_ = setup(RankConfig(warmup_steps=0))
+    ranks = model.layer_ranks()
+    packed, artifact = CostModel.of(model, PACKED), CostModel.of(model, ARTIFACT, artifact_overhead_bytes(20_000))
+    name = "blocks.0.attn.q"  # 32x32 at rank 8: factors of 8·64 values and 32 + 8 row scales
+    assert packed.layer_bytes(name, 8) == 8 * 64 * 6 / 8 + 40 * 2
+    assert artifact.layer_bytes(name, 8) == 8 * 64 * ARTIFACT.matrix_bits / 8 + 40 * 2
+    assert artifact.fixed_bytes - packed.fixed_bytes == pytest.approx(
+        artifact_overhead_bytes(20_000) - VOCAB * 32 * (PACKED.embed_bits - ARTIFACT.embed_bits) / 8)
+    manager = RankManager(RankConfig(target_bytes="8kB"), model, seed=0, steps_per_epoch=10, tokenizer_bytes=20_000)
+    assert manager.costs.total(ranks, "bytes") == pytest.approx(artifact.total(ranks, "bytes"))
