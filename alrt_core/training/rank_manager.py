@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from alrt_core.config import RankConfig
-from alrt_core.model.gpt import GPT, layer_kind
 from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.gpt import GPT, layer_kind
 from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
 from alrt_core.model.rank_controller import (
     ControllerSettings,
