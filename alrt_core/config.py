@@ -253,6 +253,9 @@ class RankConfig:
             raise UserError(f"rank.dense_warmup_frac={self.dense_warmup_frac} must be in [0, 1)")
         if self.dense_warmup_frac > 0 and self.policy not in ("stable", "energy"):
             raise UserError(f"rank.dense_warmup_frac needs rank.policy stable or energy, not {self.policy}")
+        if self.dense_warmup_frac > 0 and (self.init is not None or self.kinds is not None):
+            raise UserError("rank.dense_warmup_frac starts every projection dense and factorises it at the rank its "
+                            "spectrum asks for: drop rank.init/rank.kinds (--rank-init/--rank-kinds)")
 
 
 @dataclass
@@ -282,10 +285,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """A saved config. A key it lacks was added later: it takes what that run actually did (LEGACY_VALUES) where
+        the default has since changed, so a resumed run goes on as it started."""
         config = cls(preset=raw.get("preset", "custom"))
         for section in SECTIONS:
-            for key, value in raw.get(section, {}).items():
+            saved = raw.get(section, {})
+            for key, value in saved.items():
                 _set_field(config, f"{section}.{key}", value, from_text=False)
+            for key, value in LEGACY_VALUES.get(section, {}).items():
+                if saved and key not in saved:
+                    _set_field(config, f"{section}.{key}", value, from_text=False)
         return config
 
     def to_json(self) -> str:
@@ -305,7 +314,7 @@ def _preset_tiny() -> RunConfig:
 
 
 def _preset_cpu() -> RunConfig:
-    """The 10-minute default on a 2-core CPU with bf16 matmuls."""
+    """The 10-minute default on a 2-core CPU."""
     return RunConfig(
         preset="cpu",
         # Tuned on the embedded corpus: in 10 CPU minutes (~3M tokens) a 4-layer model with small batches (many
@@ -319,6 +328,10 @@ def _preset_cpu() -> RunConfig:
             batch_tokens=4096, max_minutes=10.0, warmup_steps=10, warmdown_frac=0.6, weight_decay=0.05,
             eval_every=250, log_every=25, compile=True,
         ),
+        # Dense: at equal wallclock and equal artifact bytes a dense model beat ALRT at every budget measured
+        # (benchmarks/pareto.py, 10 minutes, widths 64-256: +0.03 to +0.07 bpb for ALRT after quantization);
+        # `--rank-policy stable` trains this shape with ALRT.
+        rank=RankConfig(policy="dense"),
     )
 
 
@@ -380,13 +393,18 @@ def _preset_golf_lowrank() -> RunConfig:
     and on the `cpu` preset the controller settles Q and K lowest of all kinds (mean ranks 20 and 14 of 128). That
     frees ~3.1M parameters (8.5%) from the first step. The other kinds start at their break-even rank m·n/(m+n),
     where U·V costs what dense W costs, and move from there by their own spectra (a policy cannot keep some kinds
-    dense). No byte target: the rank budget counts int6 packing before compression, which the record's
-    compressed artifact (15.99 MB for 28 MB of packed integers) is far below."""
+    dense). No byte target by default: the record's dense stack already fits 16 MB after GPTQ and brotli;
+    `--target-bytes 16MB` makes the controller track the artifact's estimated compressed size (rank.bytes_model)."""
     config = _preset_golf()
     config.preset = "golf-lowrank"
     config.rank = RankConfig(policy="stable", kinds="qk=64")
     return config
 
+
+# Settings whose default changed after runs were saved without them: the value those runs used.
+LEGACY_VALUES: dict[str, dict[str, Any]] = {
+    "rank": {"bytes_model": "packed"},  # before measured artifact rates, --target-bytes counted int6/int8 packing
+}
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "data": DataConfig, "rank": RankConfig}
 

@@ -9,6 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+# mkstemp creates its file readable by the owner only; a plainly written file gets 0o666 less the umask. Read once
+# (os.umask can only be read by setting it), at import, before any thread could be writing files.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[BinaryIO]:
@@ -18,6 +24,7 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(handle, "wb") as stream:
             yield stream
+        os.chmod(temp, FILE_MODE)  # the permissions `open(path, "wb")` would have given, not mkstemp's 0o600
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -1,8 +1,8 @@
 """The bpb-vs-bytes frontier at equal training time: a dense family against ALRT at each dense member's bytes.
 
-    python benchmarks/pareto.py                                  # widths 64..256, 10 minutes each (~3 hours)
+    python benchmarks/pareto.py                                  # widths 64..256, 10 minutes each (~2 h 10 min)
     python benchmarks/pareto.py --minutes 3 --widths 64,128      # a screening run
-    python benchmarks/pareto.py --minutes 3 --widths 64,128 --dense-from results/pareto.json \\
+    python benchmarks/pareto.py --minutes 3 --widths 64,128 --dense-from benchmarks/results/pareto.json \\
         --alrt-set rank.safety_factor=3                           # a lever on the ALRT side, dense reused
 
 The question our users ask: under my byte budget and my training time, what gives the lowest bits per byte?
@@ -172,6 +172,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
     for axis, key, title in ((axes[0], "artifact_val_bpb", "validation works"),
@@ -181,6 +182,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if points:
                 axis.plot([p[0] / 1e6 for p in points], [p[1] for p in points], style, label=method)
         axis.set_xscale("log")
+        # Plain MB labels at the points themselves: log-axis labels of a range under one decade overlap.
+        sizes = sorted({r["artifact_bytes"] / 1e6 for r in rows if r["method"] == "dense"})
+        axis.set_xticks(sizes, [f"{size:.2g}" for size in sizes])
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("artifact bytes (MB, int6 GPTQ, compressed)")
         axis.set_ylabel("bpb (sliding, after quantization)")
         axis.set_title(title)

@@ -47,9 +47,11 @@ MAX_DERIVED_UPDATE_INTERVAL = 100
 PRESSURE_RANGE = (1.0 / 16.0, 16.0)
 
 
-def max_factor_rank(layer: FactorizedLinear) -> int:
-    """The largest rank the controller gives a layer: break-even, or the layer's own rank when it starts above."""
-    return max(break_even_rank(layer.out_features, layer.in_features), layer.rank or 0)
+def max_factor_rank(layer: FactorizedLinear, scheduled_final: int | None = None) -> int:
+    """The largest rank the controller gives a layer: break-even, or the layer's own rank when it starts above
+    (or, for the schedule policy, the final rank it was told to reach)."""
+    wanted = max(break_even_rank(layer.out_features, layer.in_features), layer.rank or 0, scheduled_final or 0)
+    return min(wanted, layer.max_rank)
 
 
 class ResizeFollower(Protocol):
@@ -113,7 +115,8 @@ class RankManager:
         factorised = {name: layer for name, layer in model.projections().items() if layer.is_factorized}
         # A layer never grows past its break-even rank m·n/(m+n) (or its starting rank, if that is higher): beyond
         # it the factors cost more parameters, bytes and FLOPs than the dense W they can at most represent.
-        self.states = {name: LayerRankState(rank=layer.rank or 0, max_rank=max_factor_rank(layer))
+        final = config.final if config.policy == "schedule" else None
+        self.states = {name: LayerRankState(rank=layer.rank or 0, max_rank=max_factor_rank(layer, final))
                        for name, layer in factorised.items()}
         self.start_ranks = {name: state.rank for name, state in self.states.items()}
         generator = torch.Generator().manual_seed(seed)
@@ -139,10 +142,12 @@ class RankManager:
     def active(self) -> bool:
         return self.config.adaptive and bool(self.states)
 
-    def factorization_due(self, model: GPT, progress: float) -> bool:
+    def factorization_due(self, model: GPT, step: int, progress: float) -> bool:
         """Whether a dense warm start (`rank.dense_warmup_frac`) ends now: the run has reached that fraction and
-        every projection is still dense (a resumed run past the switch has factorised layers)."""
-        return (self.config.adaptive and self.config.dense_warmup_frac > 0 and progress >= self.config.dense_warmup_frac
+        every projection is still dense (a resumed run past the switch has factorised layers). Never before the
+        first step: a wallclock run's progress includes compilation, which can pass a small fraction at step 0."""
+        return (self.config.adaptive and self.config.dense_warmup_frac > 0 and step >= 1
+                and progress >= self.config.dense_warmup_frac
                 and not any(layer.is_factorized for layer in model.projections().values()))
 
     def is_due(self, step: int) -> bool:
@@ -304,8 +309,8 @@ class RankManager:
             energy = sigma.square()
             stable[name] = float(energy.sum() / energy[0].clamp_min(1e-30))
             estimates[name] = float(energy_rank(sigma, self.config.energy)) if self.config.policy == "energy" else stable[name]
-            # Capped at break-even for the switch (and for the budget's solve): beyond it the factors cost more
-            # than W. Later updates may grow a layer up to min(m, n), as from any starting rank.
+            # Capped at break-even, now and for every later update (as `max_factor_rank` caps a factorised start):
+            # beyond it the factors cost more than W.
             cap = break_even_rank(layer.out_features, layer.in_features)
             self.states[name] = LayerRankState(rank=cap, max_rank=cap, ema=estimates[name])
         base = self.config.safety_factor if self.config.policy == "stable" else 1.0
@@ -319,7 +324,7 @@ class RankManager:
         generator = torch.Generator().manual_seed(self.seed * 7_919 + step)
         reports = []
         for name, layer in layers.items():
-            v = factorize_layer(layer, chosen[name], optimizers)
+            v = factorize_layer(layer, chosen[name], optimizers, generator)
             for follower in followers:
                 follower.follow_factorization(name, v)
             state = self.states[name]

@@ -8,6 +8,8 @@ Wrappers that cache parameters or shapes (DDP buckets, compiled graphs, EMA) mus
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from alrt_core.model.factorized import FactorizedLinear, sqrt_split_svd
@@ -96,20 +98,29 @@ def follow_resize(weights: dict[str, torch.Tensor], layer: str, resize: Resize) 
 
 
 @torch.no_grad()
-def factorize_layer(layer: FactorizedLinear, rank: int, optimizers: list[torch.optim.Optimizer]) -> torch.Tensor:
+def factorize_layer(layer: FactorizedLinear, rank: int, optimizers: list[torch.optim.Optimizer],
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Turn a dense layer into `U·V` at `rank` (the sqrt split of W's truncated SVD), in place; returns the new V.
 
     The optimizer state of W is carried into both factors by the gradient maps of `W = U·V` (`G_U = G·Vᵀ`,
     `G_V = Uᵀ·G`): momentum is a sum of gradients, so it maps exactly; a second moment maps by its root. The new
     parameters join the group named "factor" of an optimizer that has one (Muon's factor group), else W's group.
-    At `rank = min(m, n)` the layer computes the same function as before (up to float error)."""
+    At `rank = min(m, n)` the layer computes the same function as before (up to float error). A W that is still
+    exactly zero (a zero-initialised output projection before any step) has no singular vectors to keep: it starts
+    as a zero-initialised factorised layer does, `U = 0` and a random `V` (from `generator`), since `U = V = 0`
+    would receive zero gradient in both factors and stay dead."""
     if layer.is_factorized:
         raise ValueError("the layer is already factorised")
     if not 1 <= rank <= layer.max_rank:
         raise ValueError(f"rank {rank} outside [1, {layer.max_rank}]")
     weight = layer.weight
     assert weight is not None
-    u, v = sqrt_split_svd(weight.data, rank)
+    if torch.count_nonzero(weight.data) == 0:
+        bound = 1.0 / math.sqrt(layer.in_features)
+        u = torch.zeros(layer.out_features, rank)
+        v = torch.rand(rank, layer.in_features, generator=generator).mul_(2 * bound).sub_(bound)
+    else:
+        u, v = sqrt_split_svd(weight.data, rank)
     new_u = torch.nn.Parameter(u.to(weight.dtype).contiguous())
     new_v = torch.nn.Parameter(v.to(weight.dtype).contiguous())
     layer.weight, layer.U, layer.V = None, new_u, new_v

@@ -347,7 +347,7 @@ class Trainer:
             reason = self.schedule.finished(self.step, self.elapsed) or (self._stop_reason or "interrupted" if stop_votes else None)
             if reason:
                 break
-            if self.ranks.factorization_due(self.model, self.schedule.progress(self.step, self.elapsed)):
+            if self.ranks.factorization_due(self.model, self.step, self.schedule.progress(self.step, self.elapsed)):
                 self._factorize()  # outside the step's own timing: its seconds are counted by the update's record
             started = time.perf_counter()
             scale = self.schedule.lr_scale(self.step, self.elapsed)

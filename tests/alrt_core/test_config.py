@@ -66,6 +66,8 @@ def test_unknown_preset_and_invalid_shapes():
         (["rank.policy=fixed", "rank.target_bytes=1MB"], "needs rank.policy stable or energy, not fixed"),
         (["rank.target_bytes=16 megabytes"], "bad byte size '16 megabytes'"),
         (["rank.ema_decay=1"], r"rank.ema_decay=1.0 must be in \[0, 1\)"),
+        (["rank.dense_warmup_frac=0.5", "rank.kinds=qk=16"], "drop rank.init/rank.kinds"),
+        (["rank.dense_warmup_frac=0.5", "rank.init=8"], "drop rank.init/rank.kinds"),
     ],
 )
 def test_rank_config_errors(assignments, message):
@@ -75,5 +77,13 @@ def test_rank_config_errors(assignments, message):
 
 
 def test_presets_rank_policies():
-    assert preset("cpu").rank.policy == "stable" and preset("golf").rank.policy == "dense"
+    assert preset("cpu").rank.policy == "dense" and preset("golf").rank.policy == "dense"
+    assert preset("tiny").rank.policy == "stable" and preset("golf-lowrank").rank.policy == "stable"
     assert preset("tiny").rank.update_every == 3
+
+
+def test_a_saved_config_without_a_later_setting_keeps_what_that_run_did():
+    saved = preset("tiny").to_dict()
+    assert saved["rank"].pop("bytes_model") == "artifact"  # today's default
+    assert RunConfig.from_dict(saved).rank.bytes_model == "packed"  # what runs saved before it counted
+    assert RunConfig.from_dict(preset("tiny").to_dict()).rank.bytes_model == "artifact"

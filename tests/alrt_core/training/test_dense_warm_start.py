@@ -60,6 +60,29 @@ def test_a_lower_rank_keeps_the_best_approximation_and_copies_follow_the_live_v(
     torch.testing.assert_close(copies["layer.U"] @ copies["layer.V"], average @ q @ q.T, atol=1e-5, rtol=1e-5)
 
 
+def test_a_still_zero_weight_factorises_as_a_zero_initialised_layer_not_as_dead_factors():
+    layer = FactorizedLinear(16, 12, rank=None, zero_init=True)
+    optimizer = Muon([{"params": list(layer.parameters()), "name": "dense"}, {"params": [], "name": "factor"}], lr=0.02)
+    factorize_layer(layer, 6, [optimizer], torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(layer.U) == 0 and torch.count_nonzero(layer.V) == 6 * 16  # the zero map, alive
+    layer(torch.randn(8, 16)).sum().backward()
+    assert layer.U.grad.abs().sum() > 0  # U learns through the random V (with U = V = 0 both gradients were 0)
+    optimizer.step()
+    assert torch.count_nonzero(layer.U) > 0
+
+
+def test_the_switch_never_comes_before_the_first_step(small_dataset):
+    from alrt_core.model.gpt import GPT
+    from alrt_core.training.rank_manager import RankManager
+
+    config = tiny_config(small_dataset.root, "rank.dense_warmup_frac=0.1", "model.vocab_size=384")
+    model = GPT(config.model)
+    manager = RankManager(config.rank, model, seed=0, steps_per_epoch=10)
+    # A wallclock run whose compilation already passed the fraction at step 0 must still train dense first.
+    assert not manager.factorization_due(model, step=0, progress=0.5)
+    assert manager.factorization_due(model, step=1, progress=0.5)
+
+
 def test_trainer_switches_at_the_fraction_within_the_budget_and_resumes_exactly_across_it(small_dataset, tmp_path):
     config = tiny_config(small_dataset.root, "rank.dense_warmup_frac=0.5", "rank.update_every=2",
                          "rank.warmup_steps=0", "rank.target_bytes=40kB", "train.ema_decay=0.9")

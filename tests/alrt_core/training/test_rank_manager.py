@@ -197,6 +197,15 @@ def test_layers_never_grow_past_their_break_even_rank():
         assert layer.rank == even < layer.max_rank, name
 
 
+def test_a_schedule_told_to_grow_past_break_even_reaches_its_final_rank():
+    # q is 32×32 (break-even 16): a schedule from 8 to 24 is an explicit request, not the controller's guess.
+    config = RankConfig(policy="schedule", init=8, final=24, warmup_steps=10, anneal_steps=10)
+    model, optimizers, _, manager, _ = setup(config)
+    manager.update(20, model, optimizers)
+    assert model.blocks[0].attn.q.rank == 24
+    assert model.blocks[0].attn.k.rank == 16  # k is 32→16: full rank is as far as it can go
+
+
 def test_artifact_bytes_count_compressed_rates_and_the_files_overhead():
     from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
 
