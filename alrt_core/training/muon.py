@@ -18,19 +18,38 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
 def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7, bf16: bool | None = None) -> Tensor:
-    """Approximately U·Vᵀ of the SVD of `matrix`, in bf16 when `bf16` (None: where it is measured to be faster)."""
+    """Approximately U·Vᵀ of the SVD of `matrix` (or of each matrix of a stack `[..., m, n]`), in bf16 when `bf16`
+    (None: where it is measured to be faster)."""
     a, b, c = NS_COEFFICIENTS
     if bf16 is None:
         bf16 = bf16_is_fast(matrix.device.type)
     x = matrix.bfloat16() if bf16 else matrix.float()
-    transposed = x.shape[0] > x.shape[1]
+    transposed = x.shape[-2] > x.shape[-1]
     if transposed:
-        x = x.T
-    x = x / (x.norm() + eps)
+        x = x.mT
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if transposed else x
+    return x.mT if transposed else x
+
+
+def orthogonalize_all(updates: list[Tensor], steps: int, bf16: bool | None) -> list[Tensor]:
+    """`orthogonalize` of each matrix, with matrices of one shape stacked into one batched iteration: a model has
+    a few shapes and many matrices of each (every block's Q, every block's MLP up), and one batched matmul per
+    shape and step costs less than a small matmul per matrix."""
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, update in enumerate(updates):
+        by_shape.setdefault(tuple(update.shape), []).append(index)
+    result: list[Tensor] = [updates[0]] * len(updates)
+    for indices in by_shape.values():
+        if len(indices) == 1:
+            result[indices[0]] = orthogonalize(updates[indices[0]], steps, bf16=bf16)
+            continue
+        stacked = orthogonalize(torch.stack([updates[i] for i in indices]), steps, bf16=bf16)
+        for position, index in enumerate(indices):
+            result[index] = stacked[position]
+    return result
 
 
 def normalize_rows(matrix: Tensor, eps: float = 1e-7) -> Tensor:
@@ -72,8 +91,12 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)
-            offset = 0
+            offsets, offset = [], 0
+            owned: list[int] = []
+            raw: list[Tensor] = []
             for index, p in enumerate(params):
+                offsets.append(offset)
+                offset += p.numel()
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
@@ -85,14 +108,16 @@ class Muon(torch.optim.Optimizer):
                     update = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
                     if group.get("row_normalize", False):  # absent in optimizer states saved before MuonEq-R
                         update = normalize_rows(update)
-                    update = orthogonalize(update, group["ns_steps"], bf16=group.get("ns_bf16"))
-                    # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
-                    # For a thin factor U (m×r) that factor is √(m/r), which makes the product's update
-                    # dU·V + U·dV several times a dense matrix's; `aspect_scaling=False` leaves factors unscaled.
-                    if group.get("aspect_scaling", True):
-                        update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
-                    flat[offset : offset + p.numel()] = update.flatten().float()
-                offset += p.numel()
+                    owned.append(index)
+                    raw.append(update)
+            for index, update in zip(owned, orthogonalize_all(raw, group["ns_steps"], group.get("ns_bf16")), strict=True):
+                p = params[index]
+                # Orthogonal updates of tall matrices have smaller entries; rescale so per-entry size matches.
+                # For a thin factor U (m×r) that factor is √(m/r), which makes the product's update
+                # dU·V + U·dV several times a dense matrix's; `aspect_scaling=False` leaves factors unscaled.
+                if group.get("aspect_scaling", True):
+                    update = update * max(1.0, p.shape[0] / p.shape[1]) ** 0.5
+                flat[offsets[index] : offsets[index] + p.numel()] = update.flatten().float()
             if world > 1:
                 dist.all_reduce(flat)
             offset = 0

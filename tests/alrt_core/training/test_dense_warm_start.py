@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from test_rank_resize import train_a_few_steps
 from test_trainer import rank_events, step_losses, tiny_config
 
 from alrt_core.config import RunConfig
@@ -19,10 +20,7 @@ def dense_trained(out_features: int = 12, in_features: int = 16) -> tuple[Factor
     layer = FactorizedLinear(in_features, out_features, rank=None)
     optimizer = Muon([{"params": list(layer.parameters()), "name": "dense"}, {"params": [], "name": "factor"}],
                      lr=0.02, momentum=0.9)
-    for _ in range(3):
-        layer(torch.randn(8, in_features)).square().sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_a_few_steps(layer, optimizer)
     return layer, optimizer
 
 

@@ -7,7 +7,7 @@ import torch
 
 from alrt_core.config import ModelConfig, TrainConfig
 from alrt_core.model.gpt import GPT
-from alrt_core.training.muon import Muon, orthogonalize
+from alrt_core.training.muon import Muon, orthogonalize, orthogonalize_all
 from alrt_core.training.optimizers import build_optimizers, split_parameters
 from alrt_core.training.schedule import Schedule, muon_momentum
 
@@ -18,6 +18,16 @@ def test_orthogonalize_pushes_singular_values_towards_one():
     singular = torch.linalg.svdvals(orthogonalize(matrix, steps=5).float())
     assert singular.min() > 0.4 and singular.max() < 1.25  # the quintic iteration aims at a band around 1
     assert orthogonalize(matrix).shape == (64, 16)
+
+
+def test_matrices_of_one_shape_are_orthogonalised_together_as_each_alone():
+    torch.manual_seed(0)
+    shapes = [(32, 8), (8, 32), (32, 8), (16, 16), (32, 8), (8, 32)]
+    updates = [torch.randn(*shape) for shape in shapes]
+    together = orthogonalize_all(updates, steps=5, bf16=False)
+    assert [tuple(t.shape) for t in together] == shapes
+    for update, batched in zip(updates, together, strict=True):
+        torch.testing.assert_close(batched, orthogonalize(update, 5, bf16=False), atol=1e-5, rtol=1e-5)
 
 
 def test_muon_step_with_nesterov_and_weight_decay():

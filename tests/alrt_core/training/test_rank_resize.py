@@ -10,14 +10,19 @@ from alrt_core.training.muon import Muon
 from alrt_core.training.rank_resize import resize_layer
 
 
+def train_a_few_steps(layer: FactorizedLinear, optimizer: Muon, steps: int = 3) -> None:
+    """Momentum in the optimizer's state, weights moved off their initialisation."""
+    for _ in range(steps):
+        layer(torch.randn(8, layer.in_features)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
 def trained_layer(rank: int = 6) -> tuple[FactorizedLinear, Muon]:
     torch.manual_seed(0)
     layer = FactorizedLinear(16, 12, rank=rank)
     optimizer = Muon(layer.parameters(), lr=0.02, momentum=0.9)
-    for _ in range(3):
-        layer(torch.randn(8, 16)).square().sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_a_few_steps(layer, optimizer)
     return layer, optimizer
 
 
