@@ -268,10 +268,16 @@ class RankManager:
                 for follower in followers:
                     follower.follow_resize(name, resize)
             self.states[name].rank = decision.new_rank
+        reports = [LayerReport(name, layer_kind(name), stable[name], d) for name, d in decisions.items()]
+        return self._report(step, model, reports, ranks_before, params_before, started, measured, disagreements)
+
+    def _report(self, step: int, model: GPT, reports: list[LayerReport], ranks_before: dict, params_before: int,
+                started: float, measured: float, disagreements: int = 0) -> RankUpdate:
+        """The record of an update or of the factorisation: parameters, budget estimate and timings."""
         ranks_after = model.layer_ranks()
         return RankUpdate(
             step=step,
-            layers=[LayerReport(name, layer_kind(name), stable[name], d) for name, d in decisions.items()],
+            layers=reports,
             pressure=self.pressure,
             params_before=params_before,
             params_after=model.num_parameters(),
@@ -333,17 +339,7 @@ class RankManager:
             self.vectors[name] = torch.randn(layer.in_features, generator=generator)
             self.start_ranks[name] = chosen[name]
             reports.append(LayerReport(name, layer_kind(name), stable[name], decision))
-        ranks_after = model.layer_ranks()
-        return RankUpdate(
-            step=step, layers=reports, pressure=self.pressure, params_before=params_before,
-            params_after=model.num_parameters(),
-            projection_params_before=self.costs.projection_params(ranks_before),
-            projection_params_after=self.costs.projection_params(ranks_after),
-            budget_unit=self.budget_unit, budget=self.budget,
-            budget_estimate=self.costs.total(ranks_after, self.budget_unit) if self.budget_unit else None,
-            measure_seconds=measured - started, resize_seconds=time.perf_counter() - measured,
-            ranks={name: int(rank) for name, rank in ranks_after.items() if rank is not None},
-        )
+        return self._report(step, model, reports, ranks_before, params_before, started, measured)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 

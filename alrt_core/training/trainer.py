@@ -426,16 +426,18 @@ class Trainer:
 
     def _update_ranks(self) -> None:
         """One controller update; its time counts against the wallclock budget like any training work."""
-        followers = [copy for copy in (self.ema, self.swa) if copy is not None]
-        self._record_rank_update(self.ranks.update(self.step, self.model, self.optimizers, followers, self.ctx))
+        self._record_rank_update(self.ranks.update(self.step, self.model, self.optimizers, self._followers(), self.ctx))
 
     def _factorize(self) -> None:
         """The end of the dense warm start: every projection becomes U·V (its time counts as training time)."""
-        followers = [copy for copy in (self.ema, self.swa) if copy is not None]
-        update = self.ranks.factorize(self.step, self.model, self.optimizers, followers, self.ctx)
+        update = self.ranks.factorize(self.step, self.model, self.optimizers, self._followers(), self.ctx)
         self.events.emit("factorize", self.step, ranks=update.ranks, params_before=update.params_before,
                          params_after=update.params_after, budget_estimate=update.budget_estimate)
         self._record_rank_update(update)
+
+    def _followers(self) -> list[WeightEMA | WeightSWA]:
+        """The weight copies that must follow every rank change (the EMA, the SWA mean), where the run keeps them."""
+        return [copy for copy in (self.ema, self.swa) if copy is not None]
 
     def _record_rank_update(self, update: RankUpdate) -> None:
         """Rewrap after a change, count the time, log the update and each changed layer."""
