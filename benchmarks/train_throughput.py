@@ -8,6 +8,7 @@ round (paired) before its median. Model FLOP utilisation is computed against mat
     python benchmarks/train_throughput.py                 # rich table, JSON to benchmarks/results/
     python benchmarks/train_throughput.py --json          # one JSON object on stdout
     python benchmarks/train_throughput.py --profile       # also the top ops of our step (torch.profiler)
+    python benchmarks/train_throughput.py --plain-ns      # also our step with Muon's plain Newton-Schulz (before)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import statistics
 import sys
@@ -35,6 +37,7 @@ from alrt_core.config import TrainConfig, preset  # noqa: E402
 from alrt_core.fileio import atomic_write_text  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from alrt_core.precision import autocast_context, resolve_autocast  # noqa: E402
+from alrt_core.training import muon  # noqa: E402
 from alrt_core.training.optimizers import build_optimizers  # noqa: E402
 from benchmarks.reference_llama import build_reference  # noqa: E402
 
@@ -99,6 +102,41 @@ def make_step(loss_fn: Callable[[], Tensor], optimizers: list[torch.optim.Optimi
     return step
 
 
+def with_plain_newton_schulz(step: Step) -> Step:
+    """`step` with Muon's Gram form of Newton–Schulz switched off: the step as it was before that form (same
+    iterates, every matrix through the plain m×n iteration)."""
+
+    def plain_step() -> None:
+        saved = muon.GRAM_MIN_ASPECT
+        muon.GRAM_MIN_ASPECT = math.inf
+        try:
+            step()
+        finally:
+            muon.GRAM_MIN_ASPECT = saved
+
+    return plain_step
+
+
+def time_newton_schulz(model: GPT, rounds: int = 20) -> dict[str, float]:
+    """Median seconds of one Muon orthogonalisation of all the model's projection matrices (random updates of their
+    shapes), Gram form against plain, interleaved round by round: the part of the step the Gram form changes, timed
+    without the whole step's noise."""
+    updates = [torch.randn_like(p) for layer in model.projections().values() for p in layer.parameters() if p.ndim == 2]
+
+    def gram() -> None:
+        muon.orthogonalize_all(updates, 5, bf16=False)
+
+    sides: dict[str, Step] = {"gram": gram, "plain": with_plain_newton_schulz(gram)}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for round_index in range(rounds + 2):
+        for name in sorted(sides, reverse=round_index % 2 == 1):
+            start = time.perf_counter()
+            sides[name]()
+            if round_index >= 2:  # two warm-up rounds
+                times[name].append(time.perf_counter() - start)
+    return {f"{name}_s_median": statistics.median(values) for name, values in times.items()}
+
+
 def profile_step(step: Step, steps: int = 2, top: int = 8) -> list[dict[str, Any]]:
     """Top ops of `steps` steps by self CPU time: where our step actually spends its time."""
     from torch.profiler import ProfilerActivity, profile
@@ -128,6 +166,8 @@ def main() -> None:
                         help="torch.compile our model (default: the preset's train.compile, as `alrt train` does)")
     parser.add_argument("--compile-reference", action="store_true", help="torch.compile the HF reference too")
     parser.add_argument("--profile", action="store_true", help="profile our step and report its top 8 ops")
+    parser.add_argument("--plain-ns", action="store_true",
+                        help="also time (and profile) our step with Muon's plain Newton-Schulz, the step before its Gram form")
     parser.add_argument("--json", action="store_true", help="print only one JSON object")
     args = parser.parse_args()
     if args.threads:
@@ -147,8 +187,12 @@ def main() -> None:
     ours = GPT(m).train()
     ours_bf16 = resolve_autocast("auto", CPU)  # what `alrt train` would use here
     compile_ours = config.train.compile if args.compile is None else args.compile
-    ours_forward = torch.compile(ours) if compile_ours else ours  # the trainer's forward for this preset
-    ours_step = make_step(lambda: ours_forward(inputs, targets), build_optimizers(ours, TrainConfig(max_steps=1)), ours_bf16)
+
+    def our_step(model: GPT) -> Step:
+        forward = torch.compile(model) if compile_ours else model  # the trainer's forward for this preset
+        return make_step(lambda: forward(inputs, targets), build_optimizers(model, TrainConfig(max_steps=1)), ours_bf16)
+
+    ours_step = our_step(ours)
     reference = build_reference(ours, seq_len).train()
     # Two copies, so each precision row trains its own weights with its own AdamW state.
     references = {"bf16": reference, "fp32": copy.deepcopy(reference)}
@@ -161,6 +205,9 @@ def main() -> None:
 
     steps: dict[str, Step] = {"alrt": ours_step}
     precision = {"alrt": "bf16" if ours_bf16 else "fp32"}
+    if args.plain_ns:
+        steps["alrt plain-NS"] = with_plain_newton_schulz(our_step(copy.deepcopy(ours)))
+        precision["alrt plain-NS"] = precision["alrt"]
     for prec, model in references.items():
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         steps[f"hf-llama {prec}"] = make_step(reference_loss(model), [optimizer], prec == "bf16")
@@ -198,6 +245,8 @@ def main() -> None:
     attention = 12 * m.num_layers * seq_len * m.model_dim
     flops = {name: 6 * matmul_params_reference(reference) + attention for name in [*names, *left_out]}
     flops["alrt"] = 6 * matmul_params_ours(ours) + attention
+    if args.plain_ns:
+        flops["alrt plain-NS"] = flops["alrt"]
     for name, seconds in left_out.items():
         times[name] = [seconds]  # its one (first) step, which includes no compilation for HF's eager model
     rows = []
@@ -232,8 +281,15 @@ def main() -> None:
         "hf_fastest_precision": hf_fastest, "ratio_vs_hf_fastest": ratio(f"hf-llama {hf_fastest}"),
         "step_times_s": times, "left_out_of_rounds": sorted(left_out), "torch": torch.__version__,
     }
+    if args.plain_ns:
+        plain = [b / a for a, b in zip(times["alrt"], times["alrt plain-NS"], strict=True)]
+        result["newton_schulz_alone"] = time_newton_schulz(ours)
+        result["speedup_vs_plain_ns"] = {"of_medians": statistics.median(times["alrt plain-NS"]) / statistics.median(times["alrt"]),
+                                         "paired_median": statistics.median(plain), "paired_min": min(plain), "paired_max": max(plain)}
     if args.profile:
         result["profile_alrt"] = profile_step(ours_step)
+        if args.plain_ns:
+            result["profile_alrt_plain_ns"] = profile_step(steps["alrt plain-NS"])
     atomic_write_text(RESULTS, json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
@@ -267,11 +323,20 @@ def report(result: dict[str, Any]) -> None:
         r = result[key]
         console.print(f"alrt / {label}: {r['of_medians']:.2f}x (ratio of medians), paired per round "
                       f"{r['paired_median']:.2f}x [{r['paired_min']:.2f}-{r['paired_max']:.2f}]")
-    if "profile_alrt" in result:
-        ops = Table(title="alrt step: top ops by self CPU time")
+    if "speedup_vs_plain_ns" in result:
+        r = result["speedup_vs_plain_ns"]
+        console.print(f"alrt / alrt plain-NS: {r['of_medians']:.2f}x (ratio of medians), paired per round "
+                      f"{r['paired_median']:.2f}x [{r['paired_min']:.2f}-{r['paired_max']:.2f}]")
+        alone = result["newton_schulz_alone"]
+        console.print(f"Newton-Schulz of all projection matrices alone: Gram form {alone['gram_s_median'] * 1e3:.0f} ms, "
+                      f"plain {alone['plain_s_median'] * 1e3:.0f} ms per step")
+    for key, title in (("profile_alrt_plain_ns", "alrt step with plain Newton-Schulz (before)"), ("profile_alrt", "alrt step")):
+        if key not in result:
+            continue
+        ops = Table(title=f"{title}: top ops by self CPU time")
         for column in ("op", "ms/step", "share", "calls/step"):
             ops.add_column(column, justify="left" if column == "op" else "right")
-        for op in result["profile_alrt"]:
+        for op in result[key]:
             ops.add_row(op["op"], f"{op['self_cpu_ms_per_step']:.1f}", f"{op['share']:.1%}", str(op["calls_per_step"]))
         console.print(ops)
     console.print(f"JSON: {RESULTS}")

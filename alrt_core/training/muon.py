@@ -17,10 +17,15 @@ from alrt_core.precision import bf16_is_fast
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
+# A matrix at least this many times wider than tall is orthogonalised through its Gram matrix (fp32 only). Per
+# step the plain iteration costs 4·m²·n + 2·m³ FLOPs for m×n (m ≤ n); the Gram form costs 4·m²·n once plus 8·m³ per
+# step, which is less from n ≈ 1.9·m on (an MLP's 4:1 matrices: 1.6x fewer FLOPs, ~2x faster measured).
+GRAM_MIN_ASPECT = 2.0
+
+
 def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7, bf16: bool | None = None) -> Tensor:
     """Approximately U·Vᵀ of the SVD of `matrix` (or of each matrix of a stack `[..., m, n]`), in bf16 when `bf16`
     (None: where it is measured to be faster)."""
-    a, b, c = NS_COEFFICIENTS
     if bf16 is None:
         bf16 = bf16_is_fast(matrix.device.type)
     x = matrix.bfloat16() if bf16 else matrix.float()
@@ -28,27 +33,56 @@ def orthogonalize(matrix: Tensor, steps: int = 5, eps: float = 1e-7, bf16: bool 
     if transposed:
         x = x.mT
     x = x / (torch.linalg.matrix_norm(x, keepdim=True) + eps)
+    # bf16 keeps the plain form: the Gram form's left factor grows like 1/σ for small singular values, which
+    # bf16's 8-bit mantissa cannot carry.
+    wide = x.shape[-1] >= GRAM_MIN_ASPECT * x.shape[-2]
+    x = _gram_newton_schulz(x, steps) if wide and not bf16 else _newton_schulz(x, steps)
+    return x.mT if transposed else x
+
+
+def _newton_schulz(x: Tensor, steps: int) -> Tensor:
+    """X ← a·X + (b·XXᵀ + c·(XXᵀ)²)·X, `steps` times, for X of shape [..., m, n] with m ≤ n."""
+    a, b, c = NS_COEFFICIENTS
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.mT if transposed else x
+    return x
+
+
+def _gram_newton_schulz(x: Tensor, steps: int) -> Tensor:
+    """The same iterates as `_newton_schulz`, computed on m×m matrices only. Every iterate is X_k = Q_k·X_0 with
+    Q_{k+1} = P_k·Q_k and P_k = a·I + b·A_k + c·A_k², where A_k = X_k·X_kᵀ = P_{k-1}·A_{k-1}·P_{k-1} (P symmetric):
+    one m×n product at the start (A_0) and one at the end (Q·X_0)."""
+    a, b, c = NS_COEFFICIENTS
+    gram = x @ x.mT
+    identity = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    left: Tensor | None = None
+    for _ in range(steps):
+        poly = a * identity + b * gram + c * gram @ gram
+        left = poly if left is None else poly @ left
+        gram = poly @ gram @ poly
+    return x if left is None else left @ x
 
 
 def orthogonalize_all(updates: list[Tensor], steps: int, bf16: bool | None) -> list[Tensor]:
     """`orthogonalize` of each matrix, with matrices of one shape stacked into one batched iteration: a model has
     a few shapes and many matrices of each (every block's Q, every block's MLP up), and one batched matmul per
-    shape and step costs less than a small matmul per matrix."""
+    shape and step costs less than a small matmul per matrix. A tall matrix joins the wide ones of its transposed
+    shape (MLP up with MLP down): the iteration commutes with transposition."""
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, update in enumerate(updates):
-        by_shape.setdefault(tuple(update.shape), []).append(index)
+        rows, cols = update.shape[-2:]
+        by_shape.setdefault((*update.shape[:-2], min(rows, cols), max(rows, cols)), []).append(index)
     result: list[Tensor] = [updates[0]] * len(updates)
     for indices in by_shape.values():
         if len(indices) == 1:
             result[indices[0]] = orthogonalize(updates[indices[0]], steps, bf16=bf16)
             continue
-        stacked = orthogonalize(torch.stack([updates[i] for i in indices]), steps, bf16=bf16)
-        for position, index in enumerate(indices):
-            result[index] = stacked[position]
+        tall = [updates[i].shape[-2] > updates[i].shape[-1] for i in indices]
+        stacked = orthogonalize(torch.stack([u.mT if t else u for u, t in zip((updates[i] for i in indices), tall,
+                                                                               strict=True)]), steps, bf16=bf16)
+        for position, (index, was_tall) in enumerate(zip(indices, tall, strict=True)):
+            result[index] = stacked[position].mT if was_tall else stacked[position]
     return result
 
 

@@ -7,6 +7,7 @@ import torch
 
 from alrt_core.config import ModelConfig, TrainConfig
 from alrt_core.model.gpt import GPT
+from alrt_core.training import muon as muon_module
 from alrt_core.training.muon import Muon, orthogonalize, orthogonalize_all
 from alrt_core.training.optimizers import build_optimizers, split_parameters
 from alrt_core.training.schedule import Schedule, muon_momentum
@@ -28,6 +29,34 @@ def test_matrices_of_one_shape_are_orthogonalised_together_as_each_alone():
     assert [tuple(t.shape) for t in together] == shapes
     for update, batched in zip(updates, together, strict=True):
         torch.testing.assert_close(batched, orthogonalize(update, 5, bf16=False), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(16, 64), (64, 16), (3, 24, 96), (12, 24)])
+def test_gram_form_of_newton_schulz_gives_the_plain_iterates(shape):
+    torch.manual_seed(0)
+    rows, cols = shape[-2:]
+    short = min(rows, cols)
+    # Ill-conditioned (singular values 1e-3..1), as momentum buffers are: the Gram form's left factor grows like
+    # 1/sigma there, which is where it could drift from the plain iteration.
+    spectrum = torch.diag(torch.logspace(-3, 0, short))
+    left = torch.linalg.qr(torch.randn(*shape[:-2], rows, short, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(*shape[:-2], cols, short, dtype=torch.float64))[0]
+    matrix = left @ spectrum.double() @ right.mT
+    wide = matrix.mT if rows > cols else matrix
+    x = wide / torch.linalg.matrix_norm(wide, keepdim=True)
+    exact_iterates = muon_module._newton_schulz(x, 5)  # fp64: the iteration without rounding
+    plain = muon_module._newton_schulz(x.float(), 5)
+    gram = muon_module._gram_newton_schulz(x.float(), 5)
+    # fp32 rounding moves the Gram form further (its left factor carries 1/sigma) but by < 0.1% of the entries'
+    # size, against the ±30% by which five quintic steps leave singular values away from 1.
+    torch.testing.assert_close(gram.double(), exact_iterates, atol=5e-4 * exact_iterates.abs().max().item(), rtol=0)
+    torch.testing.assert_close(plain.double(), exact_iterates, atol=1e-5, rtol=0)
+    matrix = matrix.float()
+    x = (matrix.mT if rows > cols else matrix) / (torch.linalg.matrix_norm(matrix, keepdim=True) + 1e-7)
+    uses_gram = max(rows, cols) >= muon_module.GRAM_MIN_ASPECT * short
+    expected = muon_module._gram_newton_schulz(x, 5) if uses_gram else muon_module._newton_schulz(x, 5)
+    torch.testing.assert_close(orthogonalize(matrix, 5, bf16=False), expected.mT if rows > cols else expected,
+                               atol=0, rtol=0)
 
 
 def test_muon_step_with_nesterov_and_weight_decay():
