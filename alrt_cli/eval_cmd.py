@@ -11,10 +11,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from alrt_core.eval_report import EvalOptions, run_eval
+from alrt_core.evaluation.report import EvalOptions, run_eval
+from alrt_core.evaluation.ttt import TTTConfig
 from alrt_core.precision import resolve_autocast
 from alrt_core.training.distributed import init_distributed, shutdown_distributed
-from alrt_core.ttt import TTTConfig
 from export.loader import load_model
 
 TTT_PANEL = "Test-time training"

@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 
 from alrt_core.errors import UserError
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import GenerationStats, Session
 from export.loader import load_model
 from serve.chat import ChatSession, ChatTemplate
-from serve.generation import GenerationStats, Session
-from serve.sampling import SamplingConfig
 
 CHAT_HELP = "/clear forgets the conversation, /regen redoes the last reply, /stats shows speed, /exit quits"
 

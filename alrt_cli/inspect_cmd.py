@@ -15,7 +15,7 @@ from alrt_core.model.gpt import PROJECTION_KINDS
 from alrt_core.reports.ranks import RankReport, rank_report
 from alrt_core.reports.run_curves import read_runs
 from alrt_core.units import format_bytes
-from export.inspect import artifact_report
+from export.inspect_artifact import artifact_report
 from export.inspect_model import DEFAULT_MAX_TOKENS, inspect_model
 
 app = typer.Typer(help="Inspect runs, checkpoints and artifacts.", no_args_is_help=True)

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from alrt_cli.setting_options import setting_option
 from alrt_core.errors import UserError
-from alrt_core.eval_report import EvalOptions, run_eval
+from alrt_core.evaluation.report import EvalOptions, run_eval
 from alrt_core.units import format_bytes, parse_byte_size
 from export.artifact import write_artifact
 from export.loader import load_model
@@ -71,24 +72,22 @@ def quantize(
     checkpoint: Annotated[Path, typer.Argument(help="A training checkpoint (last.pt / best.pt).")],
     budget: Annotated[str | None, typer.Option(help="Byte budget: 16MB (decimal, = 16,000,000), 15.5MB, 16MiB or a byte count.")] = None,
     out: Annotated[Path | None, typer.Option(help="Artifact path (default: model.alrt beside the checkpoint).")] = None,
-    bits: Annotated[int, typer.Option(help="Bits of the projection matrices (and factors).")] = 6,
-    embed_bits: Annotated[int, typer.Option(help="Bits of the token embedding (and an untied head).")] = 8,
+    bits: Annotated[int, setting_option(QuantizeOptions, "bits")] = QuantizeOptions.bits,
+    embed_bits: Annotated[int, setting_option(QuantizeOptions, "embed_bits")] = QuantizeOptions.embed_bits,
     set_bits: Annotated[list[str] | None, typer.Option("--set-bits", help="Bits by tensor-name pattern, e.g. 'blocks.0.*=8' (repeatable).")] = None,
-    method: Annotated[str, typer.Option(help="gptq (Hessian-aware) or rtn (round to nearest).")] = "gptq",
-    clip_search: Annotated[bool, typer.Option("--clip-search/--no-clip-search", help="Try several SDClip multipliers per matrix.")] = True,
-    calib_tokens: Annotated[int, typer.Option(help="Training tokens for the Hessians.")] = 32768,
-    compressor: Annotated[str, typer.Option(help="auto (smallest of all), brotli, zstd or lzma.")] = "auto",
-    storage: Annotated[str, typer.Option(help="auto, packed (dense bits) or bytes (one byte per value).")] = "auto",
+    method: Annotated[str, setting_option(QuantizeOptions, "method")] = QuantizeOptions.method,
+    clip_search: Annotated[bool, setting_option(QuantizeOptions, "clip_search", "--clip-search/--no-clip-search")] = QuantizeOptions.clip_search,
+    calib_tokens: Annotated[int, setting_option(QuantizeOptions, "calib_tokens")] = QuantizeOptions.calib_tokens,
+    compressor: Annotated[str, setting_option(QuantizeOptions, "compressor")] = QuantizeOptions.compressor,
+    storage: Annotated[str, setting_option(QuantizeOptions, "storage")] = QuantizeOptions.storage,
     count_code: Annotated[list[Path] | None, typer.Option("--count-code", help="Files or folders whose bytes count against the budget (repeatable).")] = None,
-    small_max: Annotated[int, typer.Option(help="Matrices with at most this many values stay fp16 (default 0: none).")] = 0,
-    data: Annotated[str | None, typer.Option(help="Calibration/eval data (default: the run's): a shard folder (train shards calibrate, val shards evaluate) or .txt/.jsonl text, tokenised with the model's tokenizer and split by document (5% held out for --eval).")] = None,
+    small_max: Annotated[int, setting_option(QuantizeOptions, "small_max")] = QuantizeOptions.small_max,
+    data: Annotated[str | None, setting_option(QuantizeOptions, "data")] = QuantizeOptions.data,
     run_eval: Annotated[bool, typer.Option("--eval", help="Validation bpb of the checkpoint and of the artifact (the quant gap).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> None:
     """Fold or keep factors, GPTQ with clip search, pack, compress, and fit the byte budget — never over it."""
     budget_bytes = parse_byte_size(budget) if budget is not None else None
-    if compressor not in ("auto", "brotli", "zstd", "lzma"):
-        raise UserError(f"--compressor must be auto, brotli, zstd or lzma, got {compressor!r}")
     options = QuantizeOptions(
         bits=bits, embed_bits=embed_bits, method=method, clip_search=clip_search, calib_tokens=calib_tokens,
         compressor=compressor, storage=storage, budget=budget_bytes, count_code=list(count_code or []),

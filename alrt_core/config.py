@@ -1,7 +1,8 @@
 """Configuration dataclasses, presets and `--set section.key=value` overrides.
 
 The resolved config of a run is written to `config.json` and stored in every checkpoint, so that a model can be
-rebuilt and a run resumed from the file alone.
+rebuilt and a run resumed from the file alone. A field's doc (alrt_core.settings) is the help of the `alrt train`
+flag that sets it; a `Literal` field's choices are checked by `validate` and listed by that help.
 """
 
 from __future__ import annotations
@@ -11,52 +12,74 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from alrt_core.errors import UserError
 from alrt_core.model.layer_sets import parse_layer_set, parse_span
+from alrt_core.quant_grid import MATRIX_BITS
+from alrt_core.settings import check_choices, setting
 from alrt_core.units import parse_byte_size
+
+AttnGate = Literal["none", "dense", "sparse"]
+FactorScaling = Literal["aspect", "none"]
+Autocast = Literal["auto", "bf16", "off"]
+RankPolicy = Literal["dense", "fixed", "stable", "energy", "schedule"]
+ResizeMethod = Literal["svd", "truncate"]
+OnResize = Literal["project", "reset"]
+BytesModel = Literal["artifact", "packed"]
+
+ADAPTIVE_POLICIES: tuple[RankPolicy, ...] = ("stable", "energy", "schedule")
+# Their targets come from each layer's spectrum, which a budget scales and a dense warm start factorises at.
+SPECTRAL_POLICIES: tuple[RankPolicy, ...] = ("stable", "energy")
 
 
 @dataclass
 class ModelConfig:
     """Shape and switches of the one GPT class."""
 
-    vocab_size: int | None = None  # None: taken from the tokenizer
+    vocab_size: int | None = setting(None, "Vocabulary size (None: taken from the tokenizer).")
     num_layers: int = 6
     model_dim: int = 256
     num_heads: int = 4
-    num_kv_heads: int = 2  # grouped-query attention when smaller than num_heads
-    mlp_mult: float = 4.0  # hidden width = round(mlp_mult * model_dim)
-    seq_len: int = 256  # trained context; RoPE tables and KV caches are sized from it
+    num_kv_heads: int = setting(2, "Key/value heads: grouped-query attention when fewer than num_heads.")
+    mlp_mult: float = setting(4.0, "MLP hidden width = round(mlp_mult · model_dim).")
+    seq_len: int = setting(256, "Trained context; RoPE tables and KV caches are sized from it.")
     tie_embeddings: bool = True
     rope_base: float = 10000.0
-    rope_dims: int | None = None  # partial RoPE: rotate only the first rope_dims of each head (None = all)
-    logit_softcap: float = 30.0  # 0 disables the tanh softcap
+    rope_dims: int | None = setting(None, "Partial RoPE: rotate only the first rope_dims of each head (None: all).")
+    logit_softcap: float = setting(30.0, "Tanh softcap of the logits (0: off).")
     qk_norm: bool = True
-    qk_gain_init: float = 1.5  # learnable per-head multiplier on normalised queries
-    unet_skips: bool = True  # encoder half feeds the decoder half through learned per-channel skip weights
-    resid_mix: bool = True  # each block mixes the residual stream with the initial embedding stream
+    qk_gain_init: float = setting(1.5, "Start of the learnable per-head multiplier on normalised queries.")
+    unet_skips: bool = setting(True, "The encoder half feeds the decoder half through learned per-channel skip weights.")
+    resid_mix: bool = setting(True, "Each block mixes the residual stream with the initial embedding stream.")
     embed_init_std: float = 0.005
     # Architecture switches (all off by default; layer sets are specs like "all", "7-10", "3,5", "8-").
-    xsa_layers: str = ""  # XSA: subtract from each head's output its component along the head's own normalised value
-    attn_gate: str = "none"  # none | dense | sparse: per-head sigmoid gate on the attention output (before o)
-    attn_gate_dims: int = 12  # sparse gate (and SmearGate) read only the first dims of their input
-    depth_norm_scale: bool = False  # block i multiplies its normed attention/MLP inputs by 1/sqrt(i+1)
-    skip_gates: bool = False  # U-Net skips: x = lerp(w*skip, x, sigmoid(gate)), gates learned per channel
-    parallel_from: int | None = None  # blocks >= this run attention and MLP on the same input, outputs summed
-    recur_layers: str = ""  # depth recurrence: a contiguous span of blocks (e.g. "3-5") run recur_loops times
-    recur_loops: int = 2  # how many times the span runs in total while recurrence is on
-    recur_start_frac: float = 0.0  # training progress at which recurrence switches on (always on in eval)
-    bigram_hash_size: int = 0  # BigramHash: rows of a hashed (previous, current) token table added to the embedding
-    bigram_dim: int = 128  # BigramHash table width, projected to model_dim
-    bigram_scale_init: float = 0.05  # BigramHash learned output scale (the table starts at zero)
-    smear_gate: bool = False  # SmearGate: embedding += lambda*sigmoid(W*e[:dims])*previous token's embedding
-    value_embed_layers: str = ""  # blocks whose V gets a learned per-token value embedding added (one shared table)
-    value_embed_dim: int = 128  # value-embedding table width, projected to the KV width
-    value_residual: bool = False  # every block's V becomes l0*V_first + l1*V (V_first: first application's V)
-    doc_mask: bool = False  # attention never crosses a BOS: each BOS token starts a new document
-    bos_id: int = 1  # the token that starts a document (doc_mask, SmearGate and BigramHash boundaries)
+    xsa_layers: str = setting(
+        "", "XSA: subtract from each head's output its component along the head's own normalised value.")
+    attn_gate: AttnGate = setting("none", "Per-head sigmoid gate on the attention output (before o).")
+    attn_gate_dims: int = setting(12, "The sparse gate (and SmearGate) read only the first dims of their input.")
+    depth_norm_scale: bool = setting(False, "Block i multiplies its normed attention/MLP inputs by 1/sqrt(i+1).")
+    skip_gates: bool = setting(False, "U-Net skips: x = lerp(w*skip, x, sigmoid(gate)), gates learned per channel.")
+    parallel_from: int | None = setting(
+        None, "Blocks from this index on run attention and MLP on the same input, outputs summed.")
+    recur_layers: str = setting(
+        "", "Depth recurrence: a contiguous span of blocks (e.g. '3-5') run recur_loops times.")
+    recur_loops: int = setting(2, "How many times the span runs in total while recurrence is on.")
+    recur_start_frac: float = setting(
+        0.0, "Training progress at which recurrence switches on (always on in eval).")
+    bigram_hash_size: int = setting(
+        0, "BigramHash: rows of a hashed (previous, current) token table added to the embedding.")
+    bigram_dim: int = setting(128, "BigramHash table width, projected to model_dim.")
+    bigram_scale_init: float = setting(0.05, "BigramHash learned output scale (the table starts at zero).")
+    smear_gate: bool = setting(
+        False, "SmearGate: embedding += lambda*sigmoid(W*e[:dims])*previous token's embedding.")
+    value_embed_layers: str = setting(
+        "", "Blocks whose V gets a learned per-token value embedding added (one shared table).")
+    value_embed_dim: int = setting(128, "Value-embedding table width, projected to the KV width.")
+    value_residual: bool = setting(
+        False, "Every block's V becomes l0*V_first + l1*V (V_first: the first application's V).")
+    doc_mask: bool = setting(False, "Attention never crosses a BOS: each BOS token starts a new document.")
+    bos_id: int = setting(1, "The token that starts a document (doc_mask, SmearGate and BigramHash boundaries).")
 
     @property
     def head_dim(self) -> int:
@@ -84,8 +107,7 @@ class ModelConfig:
         for key in ("xsa_layers", "value_embed_layers"):
             parse_layer_set(getattr(self, key), self.num_layers, key=key)
         parse_span(self.recur_layers, self.num_layers)
-        if self.attn_gate not in ("none", "dense", "sparse"):
-            raise UserError(f"model.attn_gate={self.attn_gate!r} must be 'none', 'dense' or 'sparse'")
+        check_choices(self, lambda name: f"model.{name}")
         if not 1 <= self.attn_gate_dims <= self.model_dim:
             raise UserError(f"model.attn_gate_dims={self.attn_gate_dims} must be in [1, {self.model_dim}]")
         if self.parallel_from is not None and not 0 <= self.parallel_from < self.num_layers:
@@ -108,45 +130,54 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, schedule, evaluation cadence and stopping."""
 
-    seed: int = 1337
-    batch_tokens: int = 16384  # global tokens per optimizer step (all ranks, all micro-steps)
-    micro_batch_tokens: int | None = None  # tokens per rank per forward/backward; None = batch_tokens / world
-    max_steps: int | None = None
-    max_minutes: float | None = None  # wallclock budget for training (evaluation time excluded)
+    seed: int = setting(1337, "Seed for initialisation and data order.")
+    batch_tokens: int = setting(16384, "Global tokens per optimizer step (all ranks, all micro-steps).")
+    micro_batch_tokens: int | None = setting(
+        None, "Tokens per rank per forward/backward (None: batch_tokens / world size).")
+    max_steps: int | None = setting(None, "Number of optimizer steps.")
+    max_minutes: float | None = setting(None, "Wallclock budget for training, evaluation excluded.")
     warmup_steps: int = 10
-    warmdown_frac: float = 0.4  # final fraction of the run with linearly decaying LR
-    matrix_lr: float = 0.04  # Muon, for every projection matrix and factor
-    embed_lr: float = 0.05  # AdamW, token embedding (tied head)
-    head_lr: float = 0.008  # AdamW, untied head
-    scalar_lr: float = 0.04  # AdamW, gains, mixes, skip weights
+    warmdown_frac: float = setting(0.4, "Final fraction of the run with a linearly decaying LR.")
+    matrix_lr: float = setting(0.04, "Muon LR of every projection matrix and factor.")
+    embed_lr: float = setting(0.05, "AdamW LR of the token embedding (tied head).")
+    head_lr: float = setting(0.008, "AdamW LR of an untied head.")
+    scalar_lr: float = setting(0.04, "AdamW LR of gains, mixes and skip weights.")
     muon_momentum: float = 0.95
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 300
     muon_ns_steps: int = 5
-    muon_row_normalize: bool = False  # MuonEq-R: scale each row of the Nesterov update to unit norm before Newton–Schulz
-    weight_decay: float = 0.0  # decoupled, on matrices
-    embed_weight_decay: float = 0.0  # decoupled (AdamW), on the token embedding
-    scalar_weight_decay: float = 0.0  # decoupled (AdamW), on gains, mixes, gates and skip weights
-    factor_scaling: str = "none"  # Muon update scale of factors U, V: "none" | "aspect" (√(rows/cols), as dense)
+    muon_row_normalize: bool = setting(
+        False, "MuonEq-R: scale each row of the Nesterov update to unit norm before Newton–Schulz.")
+    weight_decay: float = setting(0.0, "Decoupled weight decay on the matrices.")
+    embed_weight_decay: float = setting(0.0, "Decoupled (AdamW) weight decay on the token embedding.")
+    scalar_weight_decay: float = setting(
+        0.0, "Decoupled (AdamW) weight decay on gains, mixes, gates and skip weights.")
+    factor_scaling: FactorScaling = setting(
+        "none", "Muon update scale of the factors U, V: none, or aspect (√(rows/cols), as for dense matrices).")
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
-    grad_clip: float = 0.0  # 0 disables clipping of the global gradient norm
-    ema_decay: float = 0.0  # 0 disables the EMA of weights; when on, eval and checkpoints use it
-    swa_start_frac: float = 0.0  # 0 disables SWA; from this progress on, eval and checkpoints use the mean of samples
-    swa_every: int = 50  # steps between SWA samples (of the EMA weights when the EMA is on, else the live ones)
-    qat_lr_threshold: float = 0.0  # 0 disables late QAT; once the LR multiplier falls below it, projections fake-quantise
-    qat_bits: int = 6  # QAT integer grid: symmetric per-row scales, as `alrt quantize` packs matrices
-    eval_every: int = 200  # steps between validation passes (and last.pt)
-    eval_tokens: int | None = None  # cap on validation tokens per periodic eval (None = all)
+    grad_clip: float = setting(0.0, "Clip of the global gradient norm (0: off).")
+    ema_decay: float = setting(0.0, "Decay of the EMA of the weights (0: off); when on, eval and checkpoints use it.")
+    swa_start_frac: float = setting(
+        0.0, "SWA: from this progress on, eval and checkpoints use the mean of samples (0: off).")
+    swa_every: int = setting(
+        50, "Steps between SWA samples (of the EMA weights when the EMA is on, else of the live ones).")
+    qat_lr_threshold: float = setting(
+        0.0, "Late QAT: once the LR multiplier falls below this, projections fake-quantise (0: off).")
+    qat_bits: int = setting(MATRIX_BITS, "QAT integer grid: symmetric per-row scales, as `alrt quantize` packs matrices.")
+    eval_every: int = setting(200, "Steps between validation evals (each writes last.pt).")
+    eval_tokens: int | None = setting(None, "Cap on validation tokens per periodic eval (None: all).")
     log_every: int = 25
-    early_stop_patience: int | None = None  # evals without improvement before stopping
-    autocast: str = "auto"  # auto (bf16 on CUDA; on a CPU whichever a timed matmul probe finds faster) | bf16 | off
-    compile: bool = False  # torch.compile the model
-    sample_every: int = 0  # steps between text samples printed and logged as `sample` events (0: none)
-    sample_prompt: str = ""  # text the samples continue ("" starts from BOS alone)
-    sample_tokens: int = 64  # new tokens per sample
-    sample_temperature: float = 0.8  # 0 = greedy; samples use top-k 50 and a seed fixed per step
+    early_stop_patience: int | None = setting(None, "Stop after this many evals without improvement.")
+    autocast: Autocast = setting(
+        "auto", "bf16 autocast: auto (on CUDA; on a CPU when a timed matmul probe finds bf16 faster), bf16 or off.")
+    compile: bool = setting(False, "torch.compile the model.")
+    sample_every: int = setting(0, "Print and log (as `sample` events) a short text sample every N steps (0: none).")
+    sample_prompt: str = setting("", "Text the samples continue (default: from BOS alone).")
+    sample_tokens: int = setting(64, "New tokens per sample.")
+    sample_temperature: float = setting(
+        0.8, "Temperature of the samples (0: greedy); they use top-k 50 and a seed fixed per step.")
 
     def validate(self) -> None:
         if self.max_steps is None and self.max_minutes is None:
@@ -155,10 +186,7 @@ class TrainConfig:
             raise UserError(f"train.max_steps={self.max_steps} must be positive")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UserError(f"train.max_minutes={self.max_minutes} must be positive")
-        if self.factor_scaling not in ("aspect", "none"):
-            raise UserError(f"train.factor_scaling={self.factor_scaling!r} must be 'aspect' or 'none'")
-        if self.autocast not in ("auto", "bf16", "off"):
-            raise UserError(f"train.autocast={self.autocast!r} must be 'auto', 'bf16' or 'off'")
+        check_choices(self, lambda name: f"train.{name}")
         if not 0.0 <= self.warmdown_frac <= 1.0:
             raise UserError(f"train.warmdown_frac={self.warmdown_frac} must be in [0, 1]")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -180,53 +208,58 @@ class TrainConfig:
             raise UserError(f"train.qat_bits={self.qat_bits} must be in [2, 8]")
 
 
-RANK_POLICIES = ("dense", "fixed", "stable", "energy", "schedule")
-ADAPTIVE_POLICIES = ("stable", "energy", "schedule")
-
-
 @dataclass
 class RankConfig:
     """How the Q/K/V/O and MLP projections are factorised and how their ranks move while training (ALRT)."""
 
-    policy: str = "stable"  # dense | fixed | stable | energy | schedule
-    init: int | None = None  # starting rank of every projection; None = its break-even rank m·n/(m+n)
-    kinds: str | None = None  # per-kind starting (or fixed) ranks, e.g. "q=16,k=16,o=64"; kinds not named use init
+    policy: RankPolicy = setting(
+        "stable", "How ranks move (stable: ALRT's stable-rank controller; energy: keep rank.energy of Σσ²; schedule: "
+                  "rank.init → rank.final; dense: no factors).")
+    init: int | None = setting(
+        None, "Starting rank of every projection (default: its break-even rank m·n/(m+n)).")
+    kinds: str | None = setting(
+        None, "Per-kind starting (or fixed) ranks, e.g. 'q=16,k=16,mlp=128'; kinds not named start at rank.init.")
     min_rank: int = 4
-    warmup_steps: int = 100  # no rank change before this step
-    update_every: int | None = None  # steps between updates; None = once per epoch, at most every 100 steps
-    safety_factor: float = 4.0  # stable: target = ceil(safety_factor · EMA of the stable rank)
-    change_threshold: float = 0.1  # relative |target - rank| / rank below which a layer keeps its rank
-    max_step: float = 0.5  # largest change per update as a fraction of the current rank
-    ema_decay: float = 0.5  # weight of the previous estimate in the EMA
-    power_iterations: int = 4  # per update, warm-started from the previous update's vector
-    energy: float = 0.9  # energy: smallest rank keeping this fraction of Σσ²
-    final: int | None = None  # schedule: rank every projection reaches at the end of the anneal
-    anneal_steps: int = 500  # schedule: steps from warmup_steps over which the rank goes from init to final
-    pressure_alpha: float = 0.0  # schedule: weight of the ordered penalty α·Σᵢ wᵢ(‖U[:,i]‖² + ‖V[i,:]‖²)
-    resize_method: str = "svd"  # svd (truncated SVD, sqrt split) | truncate (drop trailing components)
-    on_resize: str = "project"  # project the optimizer state into the new basis | reset it to zero
-    target_params: int | None = None  # budget-driven: total model parameters to track
-    target_bytes: str | None = None  # budget-driven: artifact bytes, e.g. "16MB" (see bytes_model)
-    # How target_bytes counts: "artifact" = the compressed file `alrt quantize` writes (measured per-value rates plus
-    # manifest and tokenizer); "packed" = int6/int8 packing before compression (an upper bound of the payload).
-    bytes_model: str = "artifact"
-    # Dense warm start (Cuttlefish): train every projection dense for this fraction of the run, then factorise each
-    # by truncated SVD at the rank its spectrum (and the budget) asks for, carrying Muon's momentum; 0 = factorised
-    # from the first step.
-    dense_warmup_frac: float = 0.0
-    log_full: bool = False  # log every layer's measurement at every update (rank_full events)
+    warmup_steps: int = setting(100, "No rank change before this step.")
+    update_every: int | None = setting(
+        None, "Steps between rank updates (default: once per epoch, at most every 100 steps).")
+    safety_factor: float = setting(4.0, "stable: target rank = ceil(safety_factor · EMA of the stable rank).")
+    change_threshold: float = setting(0.1, "Relative |target - rank| / rank under which a layer keeps its rank.")
+    max_step: float = setting(0.5, "Largest rank change per update, as a fraction of the current rank.")
+    ema_decay: float = setting(
+        0.5, "EMA weight of the previous stable-rank estimate (the rank controller's; the weight EMA is "
+             "train.ema_decay).")
+    power_iterations: int = setting(4, "Power iterations per update, warm-started from the previous update's vector.")
+    energy: float = setting(0.9, "energy: the smallest rank keeping this fraction of Σσ².")
+    final: int | None = setting(None, "schedule: the rank every projection reaches at the end of the anneal.")
+    anneal_steps: int = setting(
+        500, "schedule: steps from rank.warmup_steps over which the rank goes from rank.init to rank.final.")
+    pressure_alpha: float = setting(
+        0.0, "schedule: weight of the ordered penalty α·Σᵢ wᵢ(‖U[:,i]‖² + ‖V[i,:]‖²).")
+    resize_method: ResizeMethod = setting(
+        "svd", "How a rank shrinks: svd (truncated SVD, sqrt split) or truncate (drop the trailing components).")
+    on_resize: OnResize = setting(
+        "project", "The optimizer state at a resize: project it into the new factors, or reset it to zero.")
+    target_params: int | None = setting(None, "Budget-driven ranks: total model parameters to track.")
+    target_bytes: str | None = setting(
+        None, "Budget-driven ranks: artifact bytes to track, e.g. 16MB (decimal) or 16MiB, counted as "
+              "rank.bytes_model says.")
+    bytes_model: BytesModel = setting(
+        "artifact", "How rank.target_bytes counts: artifact = the compressed file `alrt quantize` writes (measured "
+                    "per-value rates plus manifest and tokenizer); packed = int6/int8 packing before compression "
+                    "(an upper bound of the payload).")
+    dense_warmup_frac: float = setting(
+        0.0, "Dense warm start (Cuttlefish): train every projection dense for this fraction of the run, then "
+             "factorise each by truncated SVD at the rank its spectrum (and the budget) asks for, carrying Muon's "
+             "momentum (0: factorised from the first step).")
+    log_full: bool = setting(False, "Log every layer's measurement at every update (rank_full events).")
 
     @property
     def adaptive(self) -> bool:
         return self.policy in ADAPTIVE_POLICIES
 
     def validate(self) -> None:
-        if self.policy not in RANK_POLICIES:
-            raise UserError(f"rank.policy={self.policy!r} must be one of {', '.join(RANK_POLICIES)}")
-        if self.resize_method not in ("svd", "truncate"):
-            raise UserError(f"rank.resize_method={self.resize_method!r} must be 'svd' or 'truncate'")
-        if self.on_resize not in ("project", "reset"):
-            raise UserError(f"rank.on_resize={self.on_resize!r} must be 'project' or 'reset'")
+        check_choices(self, lambda name: f"rank.{name}")
         for name in ("init", "final", "update_every", "target_params"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -243,16 +276,16 @@ class RankConfig:
             raise UserError("rank.policy=schedule needs rank.final (--rank-final)")
         if self.target_params is not None and self.target_bytes is not None:
             raise UserError("give one budget: rank.target_params or rank.target_bytes, not both")
-        if (self.target_params is not None or self.target_bytes is not None) and self.policy not in ("stable", "energy"):
-            raise UserError(f"a rank budget (--target-params/--target-bytes) needs rank.policy stable or energy, not {self.policy}")
+        if (self.target_params is not None or self.target_bytes is not None) and self.policy not in SPECTRAL_POLICIES:
+            raise UserError(f"a rank budget (--target-params/--target-bytes) needs rank.policy "
+                            f"{' or '.join(SPECTRAL_POLICIES)}, not {self.policy}")
         if self.target_bytes is not None:
             parse_byte_size(self.target_bytes)
-        if self.bytes_model not in ("artifact", "packed"):
-            raise UserError(f"rank.bytes_model={self.bytes_model!r} must be 'artifact' or 'packed'")
         if not 0.0 <= self.dense_warmup_frac < 1.0:
             raise UserError(f"rank.dense_warmup_frac={self.dense_warmup_frac} must be in [0, 1)")
-        if self.dense_warmup_frac > 0 and self.policy not in ("stable", "energy"):
-            raise UserError(f"rank.dense_warmup_frac needs rank.policy stable or energy, not {self.policy}")
+        if self.dense_warmup_frac > 0 and self.policy not in SPECTRAL_POLICIES:
+            raise UserError(f"rank.dense_warmup_frac needs rank.policy {' or '.join(SPECTRAL_POLICIES)}, "
+                            f"not {self.policy}")
         if self.dense_warmup_frac > 0 and (self.init is not None or self.kinds is not None):
             raise UserError("rank.dense_warmup_frac starts every projection dense and factorises it at the rank its "
                             "spectrum asks for: drop rank.init/rank.kinds (--rank-init/--rank-kinds)")
@@ -260,11 +293,13 @@ class RankConfig:
 
 @dataclass
 class DataConfig:
-    """Where the tokens come from; `path=None` is the embedded Shakespeare corpus."""
+    """Where the tokens come from."""
 
-    path: str | None = None
-    tokenizer: str | None = None
-    vocab_size: int = 1024  # for data prepared on the fly
+    path: str | None = setting(
+        None, "Shard folder (ours or parameter-golf FineWeb), or a .txt/.jsonl file or folder; default: embedded "
+              "Shakespeare.")
+    tokenizer: str | None = setting(None, "sentencepiece .model for a shard folder without tokenizer.model.")
+    vocab_size: int = setting(1024, "Vocabulary size when raw text is prepared on the fly.")
 
 
 @dataclass
@@ -456,7 +491,8 @@ def _set_field(config: RunConfig, key: str, value: Any, *, from_text: bool) -> N
 
 
 def _coerce(key: str, value: Any, hint: Any, from_text: bool) -> Any:
-    """Convert `value` to the declared type `hint` (int, float, bool, str, or X | None)."""
+    """Convert `value` to the declared type `hint` (int, float, bool, str, a Literal of strings, or X | None).
+    A Literal's choices are checked by the section's `validate`, like every other constraint."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if type(None) in allowed and (value is None or (from_text and str(value).lower() in ("none", "null"))):
         return None
@@ -477,7 +513,7 @@ def _coerce(key: str, value: Any, hint: Any, from_text: bool) -> Any:
                 return int(str(value).replace("_", "")) if from_text else int(value)
             if kind is float:
                 return float(value)
-            if kind is str:
+            if kind is str or typing.get_origin(kind) is Literal:
                 return str(value)
         except (TypeError, ValueError):
             continue

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alrt_core.eval_report import validation_tokens  # noqa: E402
-from alrt_core.evaluate import evaluate  # noqa: E402
+from alrt_core.evaluation.report import validation_tokens  # noqa: E402
+from alrt_core.evaluation.validation import evaluate  # noqa: E402
 from alrt_core.fileio import atomic_write_text  # noqa: E402
 from export.loader import load_model  # noqa: E402
 

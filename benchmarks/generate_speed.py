@@ -5,7 +5,7 @@
 
 Three measurements, each greedy, batch 1, fp32 on CPU (the precision `alrt generate` uses), interleaved over rounds
 (median reported):
-- ours: `serve.generation.Session.generate` — the code behind `alrt generate` — end to end (prefill + decode);
+- ours: `alrt_core.inference.session.Session.generate` — the code behind `alrt generate` — end to end (prefill + decode);
 - ours on onnxruntime: the same `Session` over the model exported by `alrt export onnx` (what
   `alrt generate model.onnx` runs; the export itself, done once per model, is not timed);
 - reference: `LlamaForCausalLM.generate` (`transformers`, KV cache on, `min_new_tokens` = `max_new_tokens`) on a
@@ -35,13 +35,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alrt_core.fileio import atomic_write_text  # noqa: E402
+from alrt_core.inference.sampling import SamplingConfig  # noqa: E402
+from alrt_core.inference.session import Session  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from benchmarks.reference_llama import build_reference  # noqa: E402
 from export.loader import load_model  # noqa: E402
 from export.onnx_export import onnx_model_bytes  # noqa: E402
 from export.onnx_runtime import create_session, decoder_from_session  # noqa: E402
-from serve.generation import Session  # noqa: E402
-from serve.sampling import SamplingConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generate_speed.json"
 GREEDY = SamplingConfig(temperature=0.0)

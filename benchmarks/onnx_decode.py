@@ -8,7 +8,7 @@ The model is exported in memory (or `--onnx` names an existing export of it) and
 with the same number of threads (torch intra-op threads = onnxruntime intra-op threads, inter-op 1): one prefill
 of the same prompt, then `--new-tokens` − 1 single-token steps, each feeding the previous greedy token; no EOS stop,
 so both produce exactly `--new-tokens` tokens, which must be identical. The torch side is
-`serve.generation.Session.feed` (the forward calls behind `alrt generate`, without its text streaming); the ONNX
+`alrt_core.inference.session.Session.feed` (the forward calls behind `alrt generate`, without its text streaming); the ONNX
 side is `export.onnx_runtime.run_step` with the presents fed back as the past. Prefill time and decode tokens/s
 are medians over rounds; the ratio is onnxruntime over torch.
 """
@@ -31,10 +31,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alrt_core.fileio import atomic_write_text  # noqa: E402
+from alrt_core.inference.session import Session  # noqa: E402
 from export.loader import load_model  # noqa: E402
 from export.onnx_export import onnx_model_bytes, verify_against_torch  # noqa: E402
 from export.onnx_runtime import create_session, empty_past, run_step  # noqa: E402
-from serve.generation import Session  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "onnx_decode.json"
 PROMPT_TEXT = "ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun. " * 4

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alrt_core.config import preset  # noqa: E402
 from alrt_core.data.prepare import default_cache_dir, resolve_dataset  # noqa: E402
 from alrt_core.data.shards import read_shard  # noqa: E402
-from alrt_core.evaluate import evaluate  # noqa: E402
+from alrt_core.evaluation.validation import evaluate  # noqa: E402
 from alrt_core.fileio import atomic_write_text  # noqa: E402
 from alrt_core.model.gpt import GPT  # noqa: E402
 from alrt_core.training.checkpoint import save_checkpoint  # noqa: E402

@@ -24,7 +24,7 @@ from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.data.shards import list_shards, read_shard
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
-from alrt_core.eval_report import document_tokens, same_tokenizer, shard_tokens
+from alrt_core.evaluation.report import document_tokens, same_tokenizer, shard_tokens
 
 VAL_FRACTION = 0.05  # the defaults of `alrt data prepare` (prepare_dataset)
 SPLIT_SEED = 1337

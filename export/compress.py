@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import lzma
+import typing
+from typing import Literal
 
 import brotli
 import zstandard
 
-COMPRESSORS = ("brotli", "zstd", "lzma")
+Compressor = Literal["brotli", "zstd", "lzma"]
+COMPRESSORS: tuple[Compressor, ...] = typing.get_args(Compressor)
 
 
 def compress(data: bytes, method: str) -> bytes:

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alrt_core.quant_grid import max_level, round_to_grid, stored_scale
+
 # SDClip multipliers tried per matrix; None = no clipping (scale from the row's max |w|).
 DEFAULT_CLIP_CANDIDATES: tuple[float | None, ...] = (3.0, 4.0, 5.0, 6.5, 8.0, 12.0, None)
-
-
-def max_level(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
 
 
 @dataclass(frozen=True)
@@ -43,8 +41,7 @@ def row_scales(weight: Tensor, bits: int, clip: float | None) -> Tensor:
         limit = absmax
     else:
         limit = torch.minimum(clip * weight.std(dim=1, correction=0), absmax)
-    scale = (limit / levels).clamp_min(1e-8)
-    return scale.half().float().clamp_min(6e-8)  # representable in fp16, never zero
+    return stored_scale(limit / levels)
 
 
 def weighted_error(weight: Tensor, approx: Tensor, hessian: Tensor) -> float:
@@ -56,10 +53,8 @@ def weighted_error(weight: Tensor, approx: Tensor, hessian: Tensor) -> float:
 
 
 def round_to_nearest(weight: Tensor, bits: int, clip: float | None = None) -> tuple[Tensor, Tensor]:
-    levels = max_level(bits)
     scale = row_scales(weight.float(), bits, clip)
-    q = torch.clamp(torch.round(weight.float() / scale[:, None]), -levels, levels)
-    return q.to(torch.int8), scale
+    return round_to_grid(weight.float(), scale, bits).to(torch.int8), scale
 
 
 def _prepare_hessian(hessian: Tensor, damp: float) -> tuple[Tensor, Tensor]:
@@ -130,8 +125,7 @@ def quantize_matrix(
     if method == "gptq" and hessian is not None:
         candidates = gptq_quantize(weight, h, bits, scales)
     else:
-        levels = max_level(bits)
-        candidates = torch.clamp(torch.round(weight[None] / scales[:, :, None]), -levels, levels).to(torch.int8)
+        candidates = round_to_grid(weight[None], scales, bits).to(torch.int8)
     best: QuantizedMatrix | None = None
     for clip, scale, q in zip(clips, scales, candidates, strict=True):
         candidate = QuantizedMatrix(q, scale.half(), bits, clip, 0.0)

@@ -11,7 +11,6 @@ one loader and, for artifacts, measures the quantisation error per tensor:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from torch import Tensor
 from alrt_core.config import RunConfig
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
-from alrt_core.eval_report import validation_tokens
+from alrt_core.evaluation.report import validation_tokens
+from alrt_core.json_values import json_safe
 from alrt_core.model.gpt import GPT
-from alrt_core.model.spectral import frobenius_sq
 from alrt_core.precision import resolve_autocast
+from alrt_core.ranks.spectral import frobenius_sq
 from alrt_core.reports.data_loss import data_report
 from alrt_core.reports.ranks import find_checkpoint
 from alrt_core.reports.scalars import ScalarEntry, scalar_report
@@ -56,7 +56,7 @@ class ModelReport:
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready values (non-finite numbers, e.g. an undefined standard error, become null)."""
         model = self.config.model
-        return _finite({
+        return json_safe({
             "source": self.source, "kind": self.kind, "step": self.step, "params": self.params,
             "model": {"num_layers": model.num_layers, "model_dim": model.model_dim, "num_heads": model.num_heads,
                       "num_kv_heads": model.num_kv_heads, "vocab_size": model.vocab_size, "seq_len": model.seq_len,
@@ -69,16 +69,6 @@ class ModelReport:
             "data": self.data,
             "seconds": self.seconds,
         })
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def _relative(error_sq: float, reference_sq: float) -> float | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import torch
 
@@ -16,6 +16,7 @@ from alrt_core.config import RunConfig
 from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
+from alrt_core.inference.decoder import Decoder
 from alrt_core.model.gpt import GPT
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.swa import checkpoint_eval_weights
@@ -23,10 +24,14 @@ from export.artifact import is_artifact, read_artifact
 from export.compress import decompress
 from export.payload import decode_payload
 
+# What `model` holds: a `GPT` from an artifact or checkpoint; with `allow_onnx`, any `Decoder` (an `.onnx` file
+# loads as an `export.onnx_runtime.OnnxDecoder`). Frozen, so a `LoadedModel[GPT]` is a `LoadedModel[Decoder]`.
+ModelT = TypeVar("ModelT", bound=Decoder, covariant=True)
 
-@dataclass
-class LoadedModel:
-    model: GPT  # an export.onnx_runtime.OnnxDecoder for .onnx files (same calling interface for decoding)
+
+@dataclass(frozen=True)
+class LoadedModel(Generic[ModelT]):
+    model: ModelT
     tokenizer: Tokenizer
     config: RunConfig
     kind: str  # "artifact" | "checkpoint" | "onnx"
@@ -62,11 +67,23 @@ def run_tokenizer(checkpoint_path: Path, config: RunConfig) -> Tokenizer:
     return Tokenizer.load(info.tokenizer_path)
 
 
+@overload
+def load_model(
+    path: Path, *, device: str | torch.device = ..., dtype: torch.dtype = ..., allow_onnx: Literal[False] = ...,
+) -> LoadedModel[GPT]: ...
+
+
+@overload
+def load_model(
+    path: Path, *, device: str | torch.device = ..., dtype: torch.dtype = ..., allow_onnx: bool,
+) -> LoadedModel[Decoder]: ...
+
+
 def load_model(
     path: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, allow_onnx: bool = False,
-) -> LoadedModel:
+) -> LoadedModel[Decoder]:
     """An artifact or checkpoint as a `GPT` on `device`; with `allow_onnx`, an `.onnx` export as an onnxruntime
-    `OnnxDecoder` (decoding only: it offers the calls `serve.generation.Session` makes, not training or scoring)."""
+    `OnnxDecoder` (decoding only: a `Decoder` for `Session`, not training or scoring)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"no such model file: {path}")
@@ -81,16 +98,14 @@ def load_model(
         if missing:
             raise UserError(f"{path}: artifact lacks tensors {missing[:3]} for its own config")
         model.load_state_dict({name: tensors[name].to(expected[name].dtype) for name in expected})
-        tokenizer = Tokenizer.from_bytes(tokenizer_bytes, source=str(path))
-        loaded = LoadedModel(model, tokenizer, config, "artifact", path, manifest)
+        tokenizer, kind = Tokenizer.from_bytes(tokenizer_bytes, source=str(path)), "artifact"
     else:
         _, config, model = load_for_export(path)
-        loaded = LoadedModel(model, run_tokenizer(path, config), config, "checkpoint", path)
-    loaded.model = loaded.model.to(device=device, dtype=dtype).eval()
-    return loaded
+        tokenizer, kind, manifest = run_tokenizer(path, config), "checkpoint", None
+    return LoadedModel(model.to(device=device, dtype=dtype).eval(), tokenizer, config, kind, path, manifest)
 
 
-def _load_onnx(path: Path, device: str | torch.device, allowed: bool) -> LoadedModel:
+def _load_onnx(path: Path, device: str | torch.device, allowed: bool) -> LoadedModel[Decoder]:
     if not allowed:
         raise UserError(f"{path}: an ONNX export only decodes (alrt generate, alrt serve); use the .alrt artifact here")
     if torch.device(device).type != "cpu":
@@ -104,4 +119,4 @@ def _load_onnx(path: Path, device: str | torch.device, allowed: bool) -> LoadedM
     except Exception as error:  # onnxruntime's own errors for a file it cannot read
         raise UserError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from error
     config = RunConfig.from_dict({"model": vars(decoder.config)})
-    return LoadedModel(decoder, tokenizer, config, "onnx", path)  # type: ignore[arg-type]
+    return LoadedModel(decoder, tokenizer, config, "onnx", path)

@@ -59,10 +59,10 @@ class ConcatKVCache:
     def remaining(self) -> int:
         return self.max_len - self.length
 
-    def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        all_keys = torch.cat((self.past_keys[layer], keys.to(self.past_keys.dtype)), dim=2)
-        all_values = torch.cat((self.past_values[layer], values.to(self.past_values.dtype)), dim=2)
-        self.present_keys[layer], self.present_values[layer] = all_keys, all_values
+    def write(self, slot: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        all_keys = torch.cat((self.past_keys[slot], keys.to(self.past_keys.dtype)), dim=2)
+        all_values = torch.cat((self.past_values[slot], values.to(self.past_values.dtype)), dim=2)
+        self.present_keys[slot], self.present_values[slot] = all_keys, all_values
         return all_keys, all_values
 
     def write_tokens(self, input_ids: Tensor) -> None:

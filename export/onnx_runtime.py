@@ -20,6 +20,8 @@ import torch
 from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Session
 
 Past = dict[str, np.ndarray]  # graph input name ("past_keys", ...) -> array
 
@@ -68,9 +70,6 @@ def greedy_generate(
     """Greedy tokens after `prompt_ids` (batch 1), decoded by `alrt generate`'s own `Session` over the graph:
     prefill once, then one token per step, presents fed back as past. It stops as `Session` does: after the
     tokenizer's EOS (`eos_id`, when given, must be that id), after `max_new_tokens`, or when the context is full."""
-    from serve.generation import Session  # serve builds on export; imported here, where it is used
-    from serve.sampling import SamplingConfig
-
     decoder, tokenizer = decoder_from_session(session)
     if eos_id is not None and eos_id != tokenizer.eos_id:
         raise ValueError(f"eos_id {eos_id} is not the exported tokenizer's EOS ({tokenizer.eos_id})")
@@ -82,7 +81,7 @@ def greedy_generate(
 
 
 class OnnxCache:
-    """The past of an onnxruntime decoder, with the part of `KVCache`'s interface that `Session` uses."""
+    """The past of an onnxruntime decoder as a `DecoderCache` (`alrt_core.inference.decoder`)."""
 
     def __init__(self, past: Past, max_len: int) -> None:
         self.past, self.max_len = past, max_len
@@ -104,9 +103,8 @@ class OnnxCache:
 
 
 class OnnxDecoder:
-    """An exported decoder run by onnxruntime behind the interface `serve.generation.Session` uses from `GPT`
-    (`config`, `device`, `eval`, `new_cache`, and the call with a cache), so `alrt generate` and `alrt serve`
-    decode with it unchanged: same sampling, stop strings, chat and context handling."""
+    """An exported decoder run by onnxruntime as a `Decoder` (the calls `Session` makes on a `GPT`), so
+    `alrt generate` and `alrt serve` decode with it unchanged: same sampling, stop strings, chat and context handling."""
 
     def __init__(self, session: ort.InferenceSession, config: ModelConfig) -> None:
         self.session, self.config = session, config

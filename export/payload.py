@@ -7,7 +7,8 @@ manifest: `int` (bits, packed or byte storage, shape, per-row fp16 scales stored
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,7 +19,8 @@ from torch import Tensor
 from export.gptq import QuantizedMatrix
 from export.packing import pack_bits, shuffle_bytes, unpack_bits, unshuffle_bytes
 
-STORAGES = ("packed", "bytes")
+Storage = Literal["packed", "bytes"]  # bits packed densely | one byte per value
+STORAGES: tuple[Storage, ...] = typing.get_args(Storage)
 TOKENIZER_ENTRY = "tokenizer.model"
 
 
@@ -27,11 +29,9 @@ def _bytes_tensor(data: bytes) -> Tensor:
 
 
 def encode_payload(
-    quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes, storage: str,
+    quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes, storage: Storage,
 ) -> tuple[bytes, dict[str, dict[str, Any]], dict[str, int]]:
     """(raw safetensors bytes, scheme per tensor, raw bytes per tensor)."""
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}")
     blobs: dict[str, Tensor] = {}
     schemes: dict[str, dict[str, Any]] = {}
     sizes: dict[str, int] = {}

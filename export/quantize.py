@@ -15,21 +15,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
+from alrt_core.quant_grid import EMBED_BITS, MATRIX_BITS
+from alrt_core.settings import check_choices, setting
 from export.artifact import encode_artifact
 from export.budget_fit import FitAction, MatrixPlan, fit_factor, fit_to_budget
 from export.calibration import HEAD_INPUT, TokenWindows, collect_hessians
 from export.calibration_data import CalibrationData, resolve_calibration_data
-from export.compress import compress, compress_best
+from export.compress import Compressor, compress, compress_best
 from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
 from export.loader import load_for_export, run_tokenizer
-from export.payload import STORAGES, TOKENIZER_ENTRY, encode_payload
+from export.payload import STORAGES, TOKENIZER_ENTRY, Storage, encode_payload
 
 ARTIFACT_FORMAT = "alrt-artifact"
 EMBED_CLIP_CANDIDATES: tuple[float | None, ...] = (8.0, 12.0, 16.0, 20.0, None)
@@ -40,21 +42,35 @@ CALIBRATION_SEED_OFFSET = 7919  # calibration batches differ from the training o
 
 @dataclass
 class QuantizeOptions:
-    bits: int = 6  # projection matrices (dense, folded, or each factor)
-    embed_bits: int = 8  # token embedding and an untied head
-    method: str = "gptq"  # gptq | rtn (round to nearest, for comparison)
-    clip_search: bool = True  # try several SDClip multipliers per matrix; off = the single default multiplier
-    calib_tokens: int = 32768
-    compressor: str = "auto"  # auto | brotli | zstd | lzma
-    storage: str = "auto"  # auto | packed | bytes
+    """What `alrt quantize` does; a field's doc is its flag's help. An options object that exists is valid."""
+
+    bits: int = setting(MATRIX_BITS, "Bits of the projection matrices (dense, folded, or factors).")
+    embed_bits: int = setting(EMBED_BITS, "Bits of the token embedding (and an untied head).")
+    method: Literal["gptq", "rtn"] = setting("gptq", "gptq (Hessian-aware) or rtn (round to nearest).")
+    clip_search: bool = setting(True, "Try several SDClip multipliers per matrix (off: the default one).")
+    calib_tokens: int = setting(32768, "Training tokens for the Hessians.")
+    compressor: Literal["auto", Compressor] = setting(
+        "auto", "Compressor of the payload (auto: the smallest of all).")
+    storage: Literal["auto", Storage] = setting(
+        "auto", "Integers packed (dense bits) or as bytes (one per value); auto: whichever compresses smaller.")
     budget: int | None = None  # bytes (artifact + counted code); None = no budget
     count_code: list[Path] = field(default_factory=list)
     bit_overrides: dict[str, int] = field(default_factory=dict)  # fnmatch pattern on tensor names -> bits
-    # Matrices with at most this many values stay fp16. 0 (none): at small budgets fp16 matrices cost real bytes for
-    # nothing — a 4x64 model's attention matrices (4,096 values each) took 20% of its artifact in fp16, and int6
-    # GPTQ gave the same bpb (2.2118 vs 2.2124; an ALRT model's small factors likewise: 2.2940 both, 21% smaller).
-    small_max: int = 0
-    data: str | None = None  # calibration data (default: the run's training data); see export.calibration_data
+    # 0 (none) by default: at small budgets fp16 matrices cost real bytes for nothing — a 4x64 model's attention
+    # matrices (4,096 values each) took 20% of its artifact in fp16, and int6 GPTQ gave the same bpb (2.2118 vs
+    # 2.2124; an ALRT model's small factors likewise: 2.2940 both, 21% smaller).
+    small_max: int = setting(0, "Matrices with at most this many values stay fp16 (0: none).")
+    data: str | None = setting(
+        None, "Calibration/eval data (default: the run's): a shard folder (train shards calibrate, val shards "
+              "evaluate) or .txt/.jsonl text, tokenised with the model's tokenizer and split by document (5% held "
+              "out for --eval).")
+
+    def __post_init__(self) -> None:
+        # Errors name the `alrt quantize` flags, through which these options are given.
+        check_choices(self, lambda name: f"--{name.replace('_', '-')}")
+        for bits in (self.bits, self.embed_bits, *self.bit_overrides.values()):
+            if not 2 <= bits <= 8:
+                raise UserError(f"bit widths must be between 2 and 8, got {bits}")
 
 
 @dataclass
@@ -125,13 +141,6 @@ def quantize_checkpoint(
     """Build the artifact bytes (not written: the caller writes them only when they fit)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    if options.method not in ("gptq", "rtn"):
-        raise UserError(f"--method must be gptq or rtn, got {options.method!r}")
-    if options.storage not in ("auto", *STORAGES):
-        raise UserError(f"--storage must be auto, packed or bytes, got {options.storage!r}")
-    for bits in (options.bits, options.embed_bits, *options.bit_overrides.values()):
-        if not 2 <= bits <= 8:
-            raise UserError(f"bit widths must be between 2 and 8, got {bits}")
     checkpoint, config, model = load_for_export(checkpoint_path)
     tokenizer = run_tokenizer(checkpoint_path, config)
     if tokenizer.vocab_size != config.model.vocab_size:

@@ -1,1 +1,2 @@
-"""Running a model: KV-cached decoding and sampling, chat sessions, and the HTTP server."""
+"""Serving a model: chat sessions, the model worker and the OpenAI-compatible HTTP server, over the core's
+KV-cached decoding (`alrt_core.inference`)."""

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from serve.generation import Generation, Session
-from serve.sampling import SamplingConfig
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Generation, Session
 
 
 @dataclass(frozen=True)

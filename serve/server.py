@@ -30,9 +30,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alrt_core.errors import UserError
+from alrt_core.inference.decoder import Decoder
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Generation
 from export.loader import LoadedModel
 from serve.chat import ChatTemplate
-from serve.generation import Generation
 from serve.openai_schema import (
     APIError,
     ChatCompletionRequest,
@@ -41,7 +43,6 @@ from serve.openai_schema import (
     invalid,
     validation_error,
 )
-from serve.sampling import SamplingConfig
 from serve.worker import Job, ModelWorker, NotReady, QueueFull
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the server's cap
@@ -95,7 +96,7 @@ def sse(payload: dict[str, Any] | str) -> str:
 
 
 def create_app(
-    loader: Callable[[], LoadedModel], *, model_name: str, limits: ServeLimits = ServeLimits(),
+    loader: Callable[[], LoadedModel[Decoder]], *, model_name: str, limits: ServeLimits = ServeLimits(),
     template: ChatTemplate | None = None, before_job: Callable[[Job], None] | None = None, strict_model: bool = False,
 ) -> FastAPI:
     """The app; `loader` runs on the worker thread once the server has started (so /health answers meanwhile).
@@ -129,7 +130,7 @@ def create_app(
     def model_card() -> dict[str, Any]:
         return {"id": model_name, "object": "model", "created": started, "owned_by": "alrt"}
 
-    def ready_model() -> LoadedModel:
+    def ready_model() -> LoadedModel[Decoder]:
         if worker.state != "ready" or worker.loaded is None:
             message = f"the model failed to load: {worker.error}" if worker.state == "failed" else "the model is still loading"
             raise APIError(503, message, type="service_unavailable", code=f"model_{worker.state}")

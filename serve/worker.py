@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from alrt_core.errors import UserError
+from alrt_core.inference.decoder import Decoder
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Generation, Session
 from export.loader import LoadedModel
-from serve.generation import Generation, Session
-from serve.sampling import SamplingConfig
 
 log = logging.getLogger("alrt.serve")
 
@@ -67,14 +68,14 @@ class WorkerCounts:
 
 
 class ModelWorker:
-    def __init__(self, loader: Callable[[], LoadedModel], max_queue: int, *, threads: int | None = 1,
+    def __init__(self, loader: Callable[[], LoadedModel[Decoder]], max_queue: int, *, threads: int | None = 1,
                  before_job: Callable[[Job], None] | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.loader, self.max_queue, self.threads, self.before_job = loader, max_queue, threads, before_job
         self.state = "loading"  # loading | ready | failed | closed
         self.error = ""
-        self.loaded: LoadedModel | None = None
+        self.loaded: LoadedModel[Decoder] | None = None
         self.load_seconds = 0.0
         self.counts = WorkerCounts()
         # Called from the worker thread once loading ends either way (the CLI prints, or stops the server).

@@ -6,7 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alrt_core.model.gpt import GPT
+from alrt_core.config import ModelConfig
+from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.gpt import GPT, uniform_ranks
+from alrt_core.training.muon import Muon
 
 # Each architecture switch (ModelConfig changes for a 4-block model) with the parameters it adds (name substrings).
 SWITCHES: dict[str, tuple[dict, tuple[str, ...]]] = {
@@ -60,3 +64,26 @@ def logits_through_cache(model: GPT, tokens: Tensor, cuts: list[int]) -> Tensor:
             begin = end
     assert cache.length == tokens.shape[1]
     return torch.cat(pieces, dim=1)
+
+
+def small_decoder(tokenizer: Tokenizer, seq_len: int = 64, **changes) -> GPT:
+    """A 2×32 model with seeded, strongly perturbed weights (varied, non-degenerate greedy text), in eval mode;
+    `ranks=R` factorises every projection at rank R, other keys change the ModelConfig."""
+    torch.manual_seed(0)
+    ranks = changes.pop("ranks", None)
+    shape = {"vocab_size": tokenizer.vocab_size, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
+             "seq_len": seq_len}
+    config = ModelConfig(**{**shape, **changes})
+    model = GPT(config, layer_ranks=uniform_ranks(config, ranks))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model.eval()
+
+
+def train_a_few_steps(layer: FactorizedLinear, optimizer: Muon, steps: int = 3) -> None:
+    """Momentum in the optimizer's state, weights moved off their initialisation."""
+    for _ in range(steps):
+        layer(torch.randn(8, layer.in_features)).square().sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()

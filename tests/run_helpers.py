@@ -10,7 +10,7 @@ import torch
 from model_helpers import perturb
 
 from alrt_core.config import ModelConfig, apply_overrides, preset
-from alrt_core.model.gpt import GPT
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.training.checkpoint import save_checkpoint
 from alrt_core.training.trainer import Trainer
 
@@ -32,7 +32,7 @@ def tiny_checkpoint(run_dir: Path, data_root: Path, tokenizer: Path, *, rank: in
     config.model = ModelConfig(vocab_size=384, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
                                seq_len=48, **model)
     torch.manual_seed(0)
-    network = perturb(GPT(config.model, layer_ranks=rank), scale=0.05)
+    network = perturb(GPT(config.model, layer_ranks=uniform_ranks(config.model, rank)), scale=0.05)
     run_dir.mkdir(parents=True)
     save_checkpoint(run_dir / "last.pt", {"config": config.to_dict(), "model": network.state_dict(), "ema": None,
                                           "ranks": network.layer_ranks(), "step": 0})

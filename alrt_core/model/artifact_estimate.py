@@ -23,14 +23,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from alrt_core.model.gpt import GPT
-from alrt_core.model.rank_budget import CostModel
+from alrt_core.quant_grid import EMBED_BITS, FP16_BYTES, MATRIX_BITS, SCALE_BYTES, max_level
+from alrt_core.ranks.budget import CostModel
 
-MATRIX_BITS = 6
-EMBED_BITS = 8
 MATRIX_CLIP_SIGMAS = 12.85  # the 2026-04-09 record's SDClip multipliers
 EMBED_CLIP_SIGMAS = 20.0
-SCALE_BYTES = 2  # fp16 scale per row
-SMALL_TENSOR_BYTES = 2  # fp16
 COMPRESSOR_OVERHEAD = 1.015  # brotli-11 bytes over the entropy, measured on Gaussian int6/int8 matrices
 
 
@@ -44,7 +41,7 @@ class ArtifactEstimate:
 def gaussian_code_bits(bits: int, clip_sigmas: float) -> float:
     """Entropy in bits of a Gaussian quantised on the symmetric grid [-R, R], R = 2^(bits-1) - 1, with step
     clip_sigmas·σ/R (values beyond the grid land on its ends)."""
-    levels = 2 ** (bits - 1) - 1
+    levels = max_level(bits)
     sigma = levels / clip_sigmas  # the Gaussian's standard deviation in grid steps
 
     def cdf(x: float) -> float:
@@ -80,5 +77,5 @@ def estimate_artifact(model: GPT) -> ArtifactEstimate:
     for weight in embedding_like:
         compressed += weight.numel() * embed_bits / 8 + weight.shape[0] * SCALE_BYTES
     small_values = costs.fixed_params - sum(weight.numel() for weight in embedding_like)
-    compressed += small_values * SMALL_TENSOR_BYTES
+    compressed += small_values * FP16_BYTES
     return ArtifactEstimate(packed_bytes=round(costs.total(ranks, "bytes")), compressed_bytes=round(compressed))

@@ -3,6 +3,7 @@ switches (XSA, output gate, value embeddings, value residual) plus the document 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,8 @@ class Attention(nn.Module):
         super().__init__()
         dim, kv_dim = config.model_dim, config.num_kv_heads * config.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
-        self.qk_norm = config.qk_norm
+        # QK-norm: each head's queries and keys are RMS-normed before RoPE; without it they pass as they are.
+        self.qk_norm: Callable[[Tensor], Tensor] = rms_norm if config.qk_norm else unchanged
         self.q = FactorizedLinear(dim, dim, ranks["q"])
         self.k = FactorizedLinear(dim, kv_dim, ranks["k"])
         self.v = FactorizedLinear(dim, kv_dim, ranks["v"])
@@ -113,41 +115,62 @@ class Attention(nn.Module):
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5])) if config.value_residual else None
 
     def forward(self, x: Tensor, slot: int, cache: KVCache | None, ctx: ForwardContext) -> Tensor:
-        batch, length, dim = x.shape
+        """Attention of x (batch, time, model_dim) at layer application `slot`, which is also its KV-cache slot."""
+        batch, length, _ = x.shape
         q = self.q(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self._values(x, ctx)
+        q, k = self.rotary(self.qk_norm(q), ctx.start), self.rotary(self.qk_norm(k), ctx.start)
+        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
+        keys, values = (k, v) if cache is None else cached_keys_values(cache, slot, k, v, q.dtype)
+        return self._output(grouped_attention(q, keys, values, ctx), v, x)
+
+    def _values(self, x: Tensor, ctx: ForwardContext) -> Tensor:
+        """V (batch, kv_heads, time, head_dim), with this block's value embedding and the value residual when on."""
+        batch, length, _ = x.shape
         v = self.v(x)
         if self.value_embed_scale is not None:
             assert ctx.value_embed is not None
             v = v + (self.value_embed_scale * ctx.value_embed).to(v.dtype)
         v = v.view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if self.value_mix is not None:
-            if ctx.v_first is None:
-                ctx.v_first = v
-            mix = self.value_mix.to(v.dtype)
-            v = mix[0] * ctx.v_first + mix[1] * v
-        own_v = v
-        if self.qk_norm:
-            q, k = rms_norm(q), rms_norm(k)
-        q, k = self.rotary(q, ctx.start), self.rotary(k, ctx.start)
-        q = q * self.q_gain.to(q.dtype)[None, :, None, None]
-        if cache is not None:
-            k, v = cache.write(slot, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        repeat = self.num_heads // self.num_kv_heads
-        if repeat > 1 and length == 1 and ctx.mask is None:
-            # One decoding query per head: the `repeat` query heads of a KV group become `repeat` queries of that
-            # group, so SDPA reads the cached K/V in place instead of a copy repeated over the whole context.
-            grouped = q.view(batch, self.num_kv_heads, repeat, self.head_dim)
-            y = F.scaled_dot_product_attention(grouped, k, v).view(batch, self.num_heads, 1, self.head_dim)
-        else:
-            if repeat > 1:
-                # Repeating K/V keeps the fused SDPA kernels on every backend (enable_gqa is not everywhere).
-                k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal and ctx.mask is None)
+        if self.value_mix is None:
+            return v
+        if ctx.v_first is None:
+            ctx.v_first = v
+        mix = self.value_mix.to(v.dtype)
+        return mix[0] * ctx.v_first + mix[1] * v
+
+    def _output(self, y: Tensor, own_v: Tensor, x: Tensor) -> Tensor:
+        """The heads' outputs y (batch, heads, time, head_dim) after XSA and the output gate when on, projected."""
         if self.xsa:
             y = exclude_self_value(y, own_v)
         if self.gate is not None:
             gate = torch.sigmoid(self.gate(x[..., : self.gate_dims]))  # (batch, time, heads)
             y = y * gate.transpose(1, 2)[..., None]
-        return self.o(y.transpose(1, 2).reshape(batch, length, dim))
+        return self.o(y.transpose(1, 2).reshape(x.shape))
+
+
+def unchanged(x: Tensor) -> Tensor:
+    return x
+
+
+def cached_keys_values(cache: KVCache, slot: int, k: Tensor, v: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Every cached key and value of `slot` after writing this call's, in the queries' dtype."""
+    keys, values = cache.write(slot, k, v)
+    return keys.to(dtype), values.to(dtype)
+
+
+def grouped_attention(q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext) -> Tensor:
+    """SDPA of q (batch, heads, time, d) over k, v (batch, kv_heads, keys, d), a KV head serving heads/kv_heads
+    query heads."""
+    batch, heads, length, dim = q.shape
+    repeat = heads // k.shape[1]
+    if repeat > 1 and length == 1 and ctx.mask is None:
+        # One decoding query per head: the `repeat` query heads of a KV group become `repeat` queries of that
+        # group, so SDPA reads the cached K/V in place instead of a copy repeated over the whole context.
+        grouped = q.view(batch, k.shape[1], repeat, dim)
+        return F.scaled_dot_product_attention(grouped, k, v).view(batch, heads, 1, dim)
+    if repeat > 1:
+        # Repeating K/V keeps the fused SDPA kernels on every backend (enable_gqa is not everywhere).
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal and ctx.mask is None)

@@ -3,12 +3,14 @@
 Each reads the current token and (BigramHash, SmearGate) the previous one. A previous token is "none" (-1) at the
 start of the context and wherever the current token is BOS, so no feature mixes information across a document
 boundary, and a KV-cached call sees the same previous tokens as a full recomputation (the cache keeps the token
-history, see `previous_tokens`).
+history, see `previous_tokens`). BigramHash and SmearGate share one call, `PreviousTokenFeature`, so the model's
+input stage applies whichever are on in turn.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +29,16 @@ def previous_tokens(input_ids: Tensor, before: Tensor | None, bos_id: int) -> Te
     return previous.masked_fill(input_ids == bos_id, NO_TOKEN)
 
 
+class PreviousTokenFeature(Protocol):
+    def __call__(self, x: Tensor, input_ids: Tensor, previous: Tensor, embed: nn.Embedding) -> Tensor:
+        """The embedding stream x (batch, time, model_dim) with the feature of each (previous, current) pair added;
+        `embed` is the model's token embedding."""
+        ...
+
+
 class BigramHash(nn.Module):
-    """`scale · proj(table[hash(previous, current)])`: a hashed bigram table; the last row stands for "no previous"."""
+    """`x + scale · proj(table[hash(previous, current)])`: a hashed bigram table; the last row stands for "no
+    previous"."""
 
     def __init__(self, rows: int, dim: int, model_dim: int, scale_init: float) -> None:
         super().__init__()
@@ -45,13 +55,13 @@ class BigramHash(nn.Module):
         mixed = torch.bitwise_xor(HASH_CURRENT * input_ids, HASH_PREVIOUS * previous.clamp(min=0)) % (self.rows - 1)
         return torch.where(previous == NO_TOKEN, torch.full_like(mixed, self.rows - 1), mixed)
 
-    def forward(self, input_ids: Tensor, previous: Tensor) -> Tensor:
+    def forward(self, x: Tensor, input_ids: Tensor, previous: Tensor, embed: nn.Embedding) -> Tensor:
         hashed = self.proj(self.table(self.bucket(input_ids, previous)))
-        return self.scale.to(hashed.dtype) * hashed
+        return x + self.scale.to(hashed.dtype) * hashed
 
 
 class SmearGate(nn.Module):
-    """`e_t + λ·sigmoid(W·e_t[:dims])·e_prev`: a gated share of the previous token's embedding (none at a BOS)."""
+    """`x_t + λ·sigmoid(W·x_t[:dims])·e_prev`: a gated share of the previous token's embedding (none at a BOS)."""
 
     def __init__(self, dims: int) -> None:
         super().__init__()
@@ -61,10 +71,11 @@ class SmearGate(nn.Module):
         with torch.no_grad():
             self.gate.weight.zero_()  # with λ = 0 the gate starts as the identity
 
-    def forward(self, embedded: Tensor, previous_embedded: Tensor, previous: Tensor) -> Tensor:
-        gate = self.lam.to(embedded.dtype) * torch.sigmoid(self.gate(embedded[..., : self.dims]))
+    def forward(self, x: Tensor, input_ids: Tensor, previous: Tensor, embed: nn.Embedding) -> Tensor:
+        previous_embedded = embed(previous.clamp(min=0))
+        gate = self.lam.to(x.dtype) * torch.sigmoid(self.gate(x[..., : self.dims]))
         gate = gate.masked_fill((previous == NO_TOKEN)[..., None], 0.0)
-        return embedded + gate * previous_embedded
+        return x + gate * previous_embedded
 
 
 class ValueEmbedding(nn.Module):

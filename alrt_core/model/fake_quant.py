@@ -1,7 +1,7 @@
 """Fake quantisation for late QAT: the forward pass sees weights on the integer grid `alrt quantize` packs.
 
-The grid is the one of `export/gptq.py` without clipping: integers q in [-R, R], R = 2^(bits-1) - 1, and one
-scale per row, max|row| / R rounded to fp16 (the precision the artifact stores scales in). The backward pass is
+The grid is the artifact's (`alrt_core/quant_grid.py`) without clipping: integers q in [-R, R], R = 2^(bits-1) - 1,
+and one scale per row, max|row| / R rounded to fp16 (the precision the artifact stores scales in). The backward pass is
 the straight-through estimator: the gradient of the rounded weight is passed to the float weight unchanged, so
 training keeps moving the float weights while the loss measures the quantised ones.
 """
@@ -11,17 +11,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
-def grid_levels(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
+from alrt_core.quant_grid import absmax_scale, round_to_grid
 
 
 def quantize_dequantize(weight: Tensor, bits: int) -> Tensor:
     """Round every row of `weight` to its symmetric per-row int grid and map it back to floats (same dtype)."""
-    levels = grid_levels(bits)
     w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-8).half().float().clamp_min(6e-8)[:, None]
-    return (torch.clamp(torch.round(w / scale), -levels, levels) * scale).to(weight.dtype)
+    scale = absmax_scale(w, bits)
+    return (round_to_grid(w, scale, bits) * scale[:, None]).to(weight.dtype)
 
 
 class _StraightThrough(torch.autograd.Function):

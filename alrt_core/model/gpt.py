@@ -3,7 +3,9 @@
 Training, evaluation, generation (through `KVCache`) and export all call `GPT.forward`. Every Q/K/V/O and MLP
 projection is a `FactorizedLinear`, dense or `U·V` with its own rank. The architecture switches of `ModelConfig`
 (XSA, attention gates, depth scaling, skip gates, parallel residuals, depth recurrence, BigramHash, SmearGate,
-value embeddings, value residual, document mask) are branches of this one path; all off is the plain model.
+value embeddings, value residual, document mask) are settled when the model is built: the input stage
+(`input_stage.py`), the skip stage (`unet_skips.py`), the recurrence mode (`recurrence.py`) and the output head
+(`output_head.py`) are each the identity, or the plain variant, when their switches are off.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ from torch import Tensor, nn
 
 from alrt_core.config import ModelConfig
 from alrt_core.model.attention import Attention, ForwardContext, Rotary, attention_mask, rms_norm
-from alrt_core.model.embeddings_extra import BigramHash, SmearGate, ValueEmbedding, previous_tokens
+from alrt_core.model.embeddings_extra import BigramHash, SmearGate, ValueEmbedding
 from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.model.input_stage import InputStage
 from alrt_core.model.kv_cache import KVCache
-from alrt_core.model.layer_sets import layer_schedule, parse_layer_set, parse_span
+from alrt_core.model.layer_sets import parse_layer_set
+from alrt_core.model.output_head import OutputHead, token_cross_entropy
+from alrt_core.model.recurrence import DepthRecurrence
+from alrt_core.model.unet_skips import UNetSkips, num_skips
 
-__all__ = ["GPT", "PROJECTION_KINDS", "Rotary", "layer_kind", "layer_name", "projection_shape", "rms_norm"]
+__all__ = ["GPT", "PROJECTION_KINDS", "Rotary", "layer_kind", "layer_name", "projection_shape", "rms_norm",
+           "uniform_ranks"]
 
 PROJECTION_KINDS = ("q", "k", "v", "o", "up", "down")
 
@@ -81,50 +88,42 @@ class FinalNorm(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, layer_ranks: Mapping[str, int | None] | int | None = None) -> None:
-        """Build the model. `layer_ranks` gives each projection's rank by name (e.g. from a checkpoint; names not
-        given are dense), or one rank for every projection (capped at each one's smaller dimension); None = dense."""
+    def __init__(self, config: ModelConfig, layer_ranks: Mapping[str, int | None] | None = None) -> None:
+        """Build the model. `layer_ranks` gives projections their ranks by name (e.g. from a checkpoint, or
+        `uniform_ranks`); a name it does not give, or None for all, is dense."""
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("model.vocab_size must be resolved (from the tokenizer) before building the model")
         config.validate()
         self.config = config
         layers = config.num_layers
+        ranks = layer_ranks or {}
         rotary = Rotary(config.head_dim, config.rope_dims or config.head_dim, config.seq_len, config.rope_base)
         self.embed = nn.Embedding(config.vocab_size, config.model_dim)
         xsa = parse_layer_set(config.xsa_layers, layers, key="xsa_layers")
         value_embed = parse_layer_set(config.value_embed_layers, layers, key="value_embed_layers")
-        blocks = []
-        for index in range(layers):
-            ranks: dict[str, int | None] = {}
-            for kind in PROJECTION_KINDS:
-                if isinstance(layer_ranks, int):
-                    ranks[kind] = min(layer_ranks, *projection_shape(config, kind))
-                else:
-                    ranks[kind] = (layer_ranks or {}).get(layer_name(index, kind))
-            blocks.append(Block(config, ranks, rotary, index, xsa=index in xsa, value_embed=index in value_embed))
-        self.blocks = nn.ModuleList(blocks)
-        # Depth recurrence: the looped schedule runs the span recur_loops times. Training uses it once the trainer
-        # calls set_recurrence(True) (at recur_start_frac); eval mode, and any model no trainer switched off
-        # (loaded for generation, export or TTT), always loops. The KV cache has a slot per application.
-        self.recur_span = parse_span(config.recur_layers, layers)
-        self.recur_active: bool | None = None  # None: never set by a trainer (loops)
-        self._plain_schedule = list(range(layers))
-        self._looped_schedule = layer_schedule(layers, self.recur_span, config.recur_loops)
-        # U-Net skips pair the first half of the layer applications with the second half, in reverse.
-        applications = len(self._looped_schedule)
-        encoder = applications // 2 if config.unet_skips else 0
-        num_skips = min(encoder, applications - encoder)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, config.model_dim)) if num_skips else None
+        self.blocks = nn.ModuleList(
+            Block(config, {kind: ranks.get(layer_name(index, kind)) for kind in PROJECTION_KINDS}, rotary, index,
+                  xsa=index in xsa, value_embed=index in value_embed)
+            for index in range(layers)
+        )
+        self.recurrence = DepthRecurrence(config)
+        # U-Net skip weights and gates (unet_skips.py): one row per skip of the looped schedule.
+        skips = num_skips(len(self.recurrence.looped), config.unet_skips)
+        self.skip_weights = nn.Parameter(torch.ones(skips, config.model_dim)) if skips else None
         self.head = None if config.tie_embeddings else nn.Linear(config.model_dim, config.vocab_size, bias=False)
-        # skip_gates: x = lerp(w·skip, x, sigmoid(g)); g = 0 starts at an even mix.
-        self.skip_gates = nn.Parameter(torch.zeros(num_skips, config.model_dim)) if num_skips and config.skip_gates else None
+        self.skip_gates = nn.Parameter(torch.zeros(skips, config.model_dim)) if skips and config.skip_gates else None
         self.bigram = (BigramHash(config.bigram_hash_size, config.bigram_dim, config.model_dim, config.bigram_scale_init)
                        if config.bigram_hash_size else None)
         self.smear = SmearGate(config.attn_gate_dims) if config.smear_gate else None
         kv_dim = config.num_kv_heads * config.head_dim
         self.value_embed = ValueEmbedding(config.vocab_size, config.value_embed_dim, kv_dim) if value_embed else None
         self.final_norm = FinalNorm()
+        # The stages hold the modules above without registering them again, so every parameter keeps its one name.
+        self.input_stage = InputStage(self.embed, self.smear, self.bigram, config.bos_id)
+        self.output_head = OutputHead(self.embed, self.head, config.logit_softcap)
+        # The cache records the token history for the switches that read earlier tokens.
+        self.reads_token_history = self.input_stage.reads_previous_tokens or config.doc_mask
         with torch.no_grad():
             self.embed.weight.normal_(0.0, config.embed_init_std)
             if self.head is not None:
@@ -156,86 +155,54 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def set_recurrence(self, active: bool) -> bool:
-        """Switch depth recurrence on or off for training (eval always loops); True when this call turned it on
-        (the first call of a run counts as turning on when `active`). No-op without `recur_layers`."""
-        if self.recur_span is None:
-            return False
-        switched_on = active and self.recur_active is not True
-        self.recur_active = active
-        return switched_on
+        """A trainer switches depth recurrence on or off for training (eval always loops); True when this call
+        turned it on. No-op without `recur_layers` (see `DepthRecurrence.switch`)."""
+        return self.recurrence.switch(active)
 
     def layer_schedule(self) -> list[int]:
         """The block run at each layer application of the next forward call."""
-        looped = self.recur_span is not None and (self.recur_active is not False or not self.training)
-        return self._looped_schedule if looped else self._plain_schedule
+        return self.recurrence.schedule(self.training)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
         config = self.config
         return KVCache(
-            len(self._looped_schedule), batch_size, config.num_kv_heads, max_len or config.seq_len, config.head_dim,
+            len(self.recurrence.looped), batch_size, config.num_kv_heads, max_len or config.seq_len, config.head_dim,
             dtype=dtype, device=self.embed.weight.device,
         )
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        targets: Tensor | None = None,
-        *,
-        cache: KVCache | None = None,
-        reduction: str = "mean",
-        logits_from: int = 0,
-    ) -> Tensor:
-        """Logits (batch, time, vocab) without targets; the cross-entropy (mean, sum or per token) with them.
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, *, cache: KVCache | None = None,
+                reduction: str = "mean", logits_from: int = 0) -> Tensor:
+        """Logits (batch, time, vocab), or with `targets` their cross-entropy (`reduction`: mean, sum or none);
+        `logits_from=k` runs the head on positions k.. only (targets then cover those). The residual stream:
 
-        `logits_from=k` computes logits only for positions k.. (the head is skipped for context-only positions,
-        as in sliding-window scoring); targets then cover those positions only."""
-        config = self.config
-        start = cache.length if cache is not None else 0
-        if cache is not None and (self.smear is not None or self.bigram is not None or config.doc_mask):
-            cache.write_tokens(input_ids)  # these features read earlier tokens
-        x = self.embed(input_ids)
-        if self.smear is not None or self.bigram is not None:
-            before = cache.tokens[:, start - 1] if cache is not None and start > 0 else None
-            previous = previous_tokens(input_ids, before, config.bos_id)
-            if self.smear is not None:
-                x = self.smear(x, self.embed(previous.clamp(min=0)), previous)
-            if self.bigram is not None:
-                x = x + self.bigram(input_ids, previous)
-        x = rms_norm(x)
-        history = None
-        if config.doc_mask:
-            history = cache.tokens[:, : start + input_ids.shape[1]] if cache is not None else input_ids
-        mask, causal = attention_mask(input_ids.shape[1], start, history, config.bos_id, input_ids.device)
-        value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        ctx = ForwardContext(start, mask, causal, value_embed)
-        x0 = x
+            ids ─▶ input_stage ─▶ x0 ──┬──────────────────────────────────▶ x0 into every block (resid_mix)
+                                       ▼ x
+              ┌─▶ skips.join ─▶ blocks[index] ─▶ skips.keep ─┐   for each (slot, index) of the layer schedule:
+              └────────────────────── x ◀────────────────────┘   join in the decoder half, keep in the encoder half
+            x ─▶ final_norm ─▶ output_head (head, softcap) ─▶ logits ─▶ cross-entropy with targets"""
+        ctx = self._context(input_ids, cache)
+        x = x0 = self.input_stage(input_ids, ctx.start, cache)
         schedule = self.layer_schedule()
-        num_encoder = len(schedule) // 2 if self.skip_weights is not None else 0
-        skips: list[Tensor] = []
+        skips = UNetSkips(self.skip_weights, self.skip_gates, len(schedule))
         for slot, index in enumerate(schedule):
-            if slot >= num_encoder and skips:
-                x = self._join_skip(x, skips.pop(), slot - num_encoder)
-            x = self.blocks[index](x, x0, slot, cache, ctx)
-            if slot < num_encoder:
-                skips.append(x)
+            x = self.blocks[index](skips.join(x, slot), x0, slot, cache, ctx)
+            skips.keep(x, slot)
         if cache is not None:
             cache.advance(input_ids.shape[1])
-        x = self.final_norm(x[:, logits_from:] if logits_from else x)
-        logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
-        cap = self.config.logit_softcap
-        if cap > 0:
-            logits = cap * torch.tanh(logits / cap)
-        if targets is None:
-            return logits
-        losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
-        return losses.view_as(targets) if reduction == "none" else losses
+        logits = self.output_head(self.final_norm(x[:, logits_from:] if logits_from else x))
+        return logits if targets is None else token_cross_entropy(logits, targets, reduction)
 
-    def _join_skip(self, x: Tensor, skip: Tensor, index: int) -> Tensor:
-        assert self.skip_weights is not None
-        scaled = self.skip_weights[index].to(x.dtype) * skip
-        if self.skip_gates is None:
-            return x + scaled
-        return torch.lerp(scaled, x, torch.sigmoid(self.skip_gates[index].to(x.dtype)))
+    def _context(self, input_ids: Tensor, cache: KVCache | None) -> ForwardContext:
+        """What the layer applications of a call share; first records the call's tokens where the cache keeps them."""
+        start = cache.length if cache is not None else 0
+        if cache is not None and self.reads_token_history:
+            cache.write_tokens(input_ids)
+        history = None
+        if self.config.doc_mask:
+            history = cache.tokens[:, : start + input_ids.shape[1]] if cache is not None else input_ids
+        mask, causal = attention_mask(input_ids.shape[1], start, history, self.config.bos_id, input_ids.device)
+        value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
+        return ForwardContext(start, mask, causal, value_embed)
 
 
 def projection_shape(config: ModelConfig, kind: str) -> tuple[int, int]:
@@ -258,6 +225,14 @@ def layer_kind(name: str) -> str:
 
 def layer_name(index: int, kind: str) -> str:
     return f"blocks.{index}.{'mlp' if kind in ('up', 'down') else 'attn'}.{kind}"
+
+
+def uniform_ranks(config: ModelConfig, rank: int | None) -> dict[str, int | None]:
+    """`GPT` layer ranks giving every projection `rank`, capped at each one's smaller dimension; None: all dense."""
+    return {
+        layer_name(index, kind): None if rank is None else min(rank, *projection_shape(config, kind))
+        for index in range(config.num_layers) for kind in PROJECTION_KINDS
+    }
 
 
 def uniform_baseline_nats(vocab_size: int) -> float:

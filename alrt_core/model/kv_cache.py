@@ -17,7 +17,7 @@ from torch import Tensor
 class KVCache:
     def __init__(
         self,
-        num_layers: int,
+        num_slots: int,
         batch_size: int,
         num_kv_heads: int,
         max_len: int,
@@ -26,7 +26,7 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        shape = (num_slots, batch_size, num_kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.tokens = torch.full((batch_size, max_len), -1, dtype=torch.long, device=device)
@@ -37,15 +37,16 @@ class KVCache:
     def remaining(self) -> int:
         return self.max_len - self.length
 
-    def write(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Store this call's keys/values in slot `layer` and return all cached ones up to and including them."""
+    def write(self, slot: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Store this call's keys/values in `slot` (a layer application, not a block: see the module doc) and
+        return all cached ones of that slot up to and including them."""
         new = keys.shape[2]
         end = self.length + new
         if end > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {new} positions exceed its {self.max_len}")
-        self.keys[layer, :, :, self.length : end] = keys.to(self.keys.dtype)
-        self.values[layer, :, :, self.length : end] = values.to(self.values.dtype)
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        self.keys[slot, :, :, self.length : end] = keys.to(self.keys.dtype)
+        self.values[slot, :, :, self.length : end] = values.to(self.values.dtype)
+        return self.keys[slot, :, :, :end], self.values[slot, :, :, :end]
 
     def write_tokens(self, input_ids: Tensor) -> None:
         """Record this call's token ids at positions length.. (before the layers run)."""

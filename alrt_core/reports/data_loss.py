@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.evaluation.scoring import LN2, sliding_windows, summarize, window_batches
 from alrt_core.model.gpt import GPT
 from alrt_core.precision import autocast_context
-from alrt_core.scoring import LN2, sliding_windows, summarize
 
 CLASS_NAMES = ("word start", "continuation", "punct/space", "byte", "boundary")
 WORD_START, CONTINUATION, PUNCT_SPACE, BYTE, BOUNDARY = range(len(CLASS_NAMES))
@@ -102,15 +102,9 @@ def score_predictions(model: GPT, tokens: np.ndarray, seq_len: int, *, batch_win
     out = Predictions(np.zeros(num_targets), np.zeros(num_targets, np.int32), np.zeros(num_targets, np.int64),
                       np.zeros(num_targets, bool), np.zeros(num_targets, np.float32))
     model.eval()
-    index = 0
     with torch.no_grad():
-        while index < len(windows):
-            length, skip = windows[index].length, windows[index].score_from
-            batch = [windows[index]]
-            while (index + len(batch) < len(windows) and len(batch) < batch_windows
-                   and (windows[index + len(batch)].length, windows[index + len(batch)].score_from) == (length, skip)):
-                batch.append(windows[index + len(batch)])
-            rows = torch.from_numpy(np.stack([tokens[w.begin : w.begin + length + 1] for w in batch]).astype(np.int64))
+        for batch in window_batches(tokens, windows, batch_windows):
+            rows, skip = torch.from_numpy(batch.rows), batch.score_from
             targets = rows[:, 1 + skip :].to(device)
             with autocast_context(device, autocast):
                 logits = model(rows[:, :-1].to(device), logits_from=skip)
@@ -118,14 +112,13 @@ def score_predictions(model: GPT, tokens: np.ndarray, seq_len: int, *, batch_win
             nll = -log_probs.gather(-1, targets[..., None]).squeeze(-1)
             top = log_probs.topk(TOP_K, dim=-1)
             in_top = (top.indices == targets[..., None]).any(-1)
-            for row, window in enumerate(batch):
+            for row, window in enumerate(batch.windows):
                 span = slice(window.first_target - 1, window.end)
                 out.nll[span] = nll[row].double().cpu().numpy()
-                out.position[span] = np.arange(skip, length)
+                out.position[span] = np.arange(skip, window.length)
                 out.top1[span] = top.indices[row, :, 0].cpu().numpy()
                 out.in_top5[span] = in_top[row].cpu().numpy()
                 out.confidence[span] = top.values[row, :, 0].exp().cpu().numpy()
-            index += len(batch)
     return out
 
 

@@ -16,7 +16,7 @@ import torch
 
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import PROJECTION_KINDS, layer_kind
-from alrt_core.model.spectral import singular_values
+from alrt_core.ranks.spectral import singular_values
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.events import read_events
 

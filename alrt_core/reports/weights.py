@@ -14,7 +14,7 @@ a dense one min(m, n)):
 - row (column) norm ratio: the largest row (column) RMS over the median, with its index: a whole row or input
   channel that is an outlier.
 
-Spectra of factorised layers come from their factors (an r×r core after QR, `alrt_core.model.spectral`); the
+Spectra of factorised layers come from their factors (an r×r core after QR, `alrt_core.ranks.spectral`); the
 entry statistics need the entries, so `U·V` is formed once per layer in float64 (at most a few MB per layer).
 """
 
@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alrt_core.json_values import json_safe
 from alrt_core.model.gpt import GPT, PROJECTION_KINDS, layer_kind
-from alrt_core.model.spectral import singular_values
+from alrt_core.ranks.spectral import singular_values
 
 ENERGY_TARGET = 0.9
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -141,15 +142,10 @@ class MatrixStats:
         record = asdict(self)
         record["shape"] = list(self.shape)
         record["effective_rank_fraction"] = self.effective_rank_fraction
-        record["condition"] = _finite_or_none(self.condition)
-        record["row_norm_ratio"] = _finite_or_none(self.row_norm_ratio)
-        record["col_norm_ratio"] = _finite_or_none(self.col_norm_ratio)
+        record["condition"] = json_safe(self.condition)
+        record["row_norm_ratio"] = json_safe(self.row_norm_ratio)
+        record["col_norm_ratio"] = json_safe(self.col_norm_ratio)
         return record
-
-
-def _finite_or_none(value: float) -> float | None:
-    """JSON has no Infinity: an infinite statistic is written as null."""
-    return value if math.isfinite(value) else None
 
 
 def matrix_stats(name: str, *, weight: Tensor | None = None, u: Tensor | None = None, v: Tensor | None = None,
@@ -212,7 +208,7 @@ def kind_summary(stats: list[MatrixStats]) -> dict[str, dict[str, float | None]]
         summary[kind] = {
             "mean_effective_rank_fraction": sum(s.effective_rank_fraction for s in members) / len(members),
             "mean_stable_rank": sum(s.stable_rank for s in members) / len(members),
-            "median_condition": _finite_or_none(median),
+            "median_condition": json_safe(median),
             "max_kurtosis": max(s.kurtosis for s in members),
             "max_row_peak": max(s.row_peak for s in members),
         }
@@ -244,7 +240,7 @@ def recurring_outliers(stats: list[MatrixStats]) -> list[dict[str, Any]]:
                 ratios = [getattr(s, ratio_field) for s in hits]
                 findings.append({
                     "kind": kind, "axis": axis, "index": index, "blocks": count, "of_blocks": len(members),
-                    "ratio_min": min(ratios), "ratio_max": _finite_or_none(max(ratios)),
+                    "ratio_min": min(ratios), "ratio_max": json_safe(max(ratios)),
                     "which_blocks": sorted(s.block for s in hits),  # type: ignore[type-var]
                 })
     return findings

@@ -2,6 +2,8 @@
 
 They load with `torch.load(weights_only=True)`, so opening one never executes pickled code. Each records the
 resolved config and the rank of every projection, which is enough to rebuild the model with the right shapes.
+One the trainer writes also holds its precision choice, the evaluation it was written after (`val`) and, under
+their own names, the entries of `TrainState` (`state.py`) that a resume loads.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from alrt_core.model.spectral import Resize
-from alrt_core.training.rank_resize import follow_factorization, follow_resize
+from alrt_core.ranks.resize import follow_factorization, follow_resize
+from alrt_core.ranks.spectral import Resize
 
 
 class WeightEMA:
@@ -23,11 +23,11 @@ class WeightEMA:
                 self.shadow[name].copy_(value)
 
     def follow_resize(self, layer: str, resize: Resize) -> None:
-        """Move the averaged factors of `layer` by the live layer's resize maps (`rank_resize.follow_resize`)."""
+        """Move the averaged factors of `layer` by the live layer's resize maps (`alrt_core.ranks.resize.follow_resize`)."""
         follow_resize(self.shadow, layer, resize)
 
     def follow_factorization(self, layer: str, v: torch.Tensor) -> None:
-        """The averaged dense W of `layer` becomes factors on the live layer's V (`rank_resize.follow_factorization`)."""
+        """The averaged dense W of `layer` becomes factors on the live layer's V (`alrt_core.ranks.resize.follow_factorization`)."""
         follow_factorization(self.shadow, layer, v)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

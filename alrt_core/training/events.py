@@ -7,24 +7,14 @@ same dicts; a listener may ask the trainer to stop but must not change the event
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from alrt_core.json_values import json_safe
+
 Listener = Callable[[dict[str, Any]], None]
-
-
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN/Infinity; write them as null so every line parses with a strict reader.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 class EventLog:
@@ -36,7 +26,7 @@ class EventLog:
     def emit(self, event: str, step: int, **fields: Any) -> dict[str, Any]:
         record = {"event": event, "step": step, "time": round(time.time(), 3), **fields}
         if self._file is not None:
-            self._file.write(json.dumps(_jsonable(record)) + "\n")
+            self._file.write(json.dumps(json_safe(record)) + "\n")
             self._file.flush()
         for listener in self.listeners:
             listener(record)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from alrt_core.model.spectral import Resize
+from alrt_core.ranks.resize import follow_factorization, follow_resize
+from alrt_core.ranks.spectral import Resize
 from alrt_core.training.ema import swap_weights
-from alrt_core.training.rank_resize import follow_factorization, follow_resize
 
 
 class WeightSWA:

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from alrt_cli.app import app
 from alrt_cli.inspect_view import render_model
 from alrt_core.errors import UserError
-from alrt_core.eval_report import EvalOptions, run_eval
+from alrt_core.evaluation.report import EvalOptions, run_eval
 from alrt_core.training.checkpoint import load_checkpoint
 from export.artifact import write_artifact
 from export.inspect_model import inspect_model

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from alrt_core.config import RunConfig, apply_overrides, preset
+from alrt_core.config import SECTIONS, RunConfig, apply_overrides, preset
 from alrt_core.errors import UserError
+from alrt_core.settings import setting_choices
 
 
 def test_presets_resolve_and_round_trip_through_json_dict():
@@ -87,3 +90,21 @@ def test_a_saved_config_without_a_later_setting_keeps_what_that_run_did():
     assert saved["rank"].pop("bytes_model") == "artifact"  # today's default
     assert RunConfig.from_dict(saved).rank.bytes_model == "packed"  # what runs saved before it counted
     assert RunConfig.from_dict(preset("tiny").to_dict()).rank.bytes_model == "artifact"
+
+
+def test_every_literal_setting_is_checked_against_the_choices_of_its_type():
+    checked = []
+    for section, cls in SECTIONS.items():
+        for name in (f.name for f in dataclasses.fields(cls)):
+            choices = setting_choices(cls, name)
+            if not choices:
+                continue
+            for value in choices:  # each choice passes
+                config = apply_overrides(preset("tiny"), [f"{section}.{name}={value}", "rank.final=4"])
+                config.model.vocab_size = 1024
+                config.validate()
+            config = apply_overrides(preset("tiny"), [f"{section}.{name}=bogus"])
+            with pytest.raises(UserError, match=f"{section}.{name}='bogus' must be"):
+                config.validate()
+            checked.append(f"{section}.{name}")
+    assert {"model.attn_gate", "train.autocast", "rank.policy", "rank.resize_method", "rank.on_resize"} <= set(checked)

@@ -20,7 +20,9 @@ from alrt_cli.app import app
 from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
-from alrt_core.model.gpt import GPT
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Session
+from alrt_core.model.gpt import GPT, uniform_ranks
 from export.artifact import write_artifact
 from export.loader import load_model
 from export.onnx_export import onnx_model_bytes, verify_against_torch, write_checked
@@ -28,8 +30,6 @@ from export.onnx_graph import cache_slots
 from export.onnx_runtime import create_session, empty_past, greedy_generate, run_step
 from export.quantize import QuantizeOptions, quantize_checkpoint
 from serve.chat import ChatSession
-from serve.generation import Session
-from serve.sampling import SamplingConfig
 
 # Every architecture switch of tests/model_helpers.py::ALL_ON, with layer sets that fit 2 blocks (depth recurrence
 # loops block 1 twice: 3 cache slots; SmearGate, BigramHash and the document mask read earlier tokens).
@@ -44,12 +44,14 @@ CONFIGS = {
 
 
 def model_for(tokenizer: Tokenizer, **changes) -> GPT:
-    """A tiny random model with noticeable logit gaps (weights perturbed as in tests/serve/test_generation.py)."""
+    """A tiny random model with noticeable logit gaps (weights perturbed as in
+    tests/alrt_core/inference/test_session.py)."""
     torch.manual_seed(0)
     ranks = changes.pop("ranks", None)
     shape = {"vocab_size": tokenizer.vocab_size, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
              "seq_len": 64}
-    return perturb(GPT(ModelConfig(**{**shape, **changes}), layer_ranks=ranks), scale=0.3).eval()
+    config = ModelConfig(**{**shape, **changes})
+    return perturb(GPT(config, layer_ranks=uniform_ranks(config, ranks)), scale=0.3).eval()
 
 
 @pytest.fixture(scope="module")

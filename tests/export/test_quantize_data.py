@@ -10,7 +10,7 @@ import pytest
 import torch
 from run_helpers import tiny_checkpoint
 
-import alrt_core.eval_report
+import alrt_core.evaluation.report
 import export.quantize
 from alrt_cli.quantize_cmd import quantize as quantize_command
 from alrt_core.data.corpus import load_shakespeare
@@ -76,13 +76,13 @@ def _record_calibration(monkeypatch) -> list[np.ndarray]:
 def _record_scoring(monkeypatch) -> list[np.ndarray]:
     """The token stream of every `run_eval` call."""
     streams: list[np.ndarray] = []
-    score = alrt_core.eval_report.score_windows
+    score = alrt_core.evaluation.report.score_windows
 
     def recording(model, tokens, *args, **kwargs):
         streams.append(np.asarray(tokens).copy())
         return score(model, tokens, *args, **kwargs)
 
-    monkeypatch.setattr(alrt_core.eval_report, "score_windows", recording)
+    monkeypatch.setattr(alrt_core.evaluation.report, "score_windows", recording)
     return streams
 
 

@@ -25,12 +25,12 @@ import serve.server
 from alrt_cli import serve_cmd
 from alrt_cli.app import app as cli_app
 from alrt_core.errors import UserError
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Generation, Session
 from export.artifact import write_artifact
 from export.loader import LoadedModel, load_model
 from export.quantize import QuantizeOptions, quantize_checkpoint
 from serve.chat import ChatTemplate
-from serve.generation import Generation, Session
-from serve.sampling import SamplingConfig
 from serve.server import ServeLimits, bind_socket, create_app
 from serve.worker import Job
 

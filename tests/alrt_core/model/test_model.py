@@ -7,7 +7,7 @@ import torch
 
 from alrt_core.config import ModelConfig
 from alrt_core.model.factorized import FactorizedLinear, sqrt_split_svd
-from alrt_core.model.gpt import GPT, PROJECTION_KINDS
+from alrt_core.model.gpt import GPT, PROJECTION_KINDS, uniform_ranks
 
 
 def small_config(**changes) -> ModelConfig:
@@ -47,7 +47,7 @@ def test_factorised_model_shapes_ranks_by_name():
 
 
 def test_one_rank_for_all_is_capped_by_each_smaller_dimension():
-    model = GPT(small_config(), layer_ranks=100)
+    model = GPT(small_config(), layer_ranks=uniform_ranks(small_config(), 100))
     assert model.layer_ranks()["blocks.0.attn.k"] == 16
     assert model.layer_ranks()["blocks.0.attn.q"] == 32
 
@@ -72,7 +72,7 @@ def test_sqrt_split_is_the_best_rank_r_approximation_with_balanced_factors():
 
 
 def test_zero_init_output_projections_start_as_zero_maps_but_receive_gradient():
-    model = GPT(small_config(), layer_ranks=4)
+    model = GPT(small_config(), layer_ranks=uniform_ranks(small_config(), 4))
     o = model.blocks[0].attn.o
     assert torch.count_nonzero(o.U) == 0 and torch.count_nonzero(o.V) > 0
     tokens = torch.randint(0, 97, (2, 24))
@@ -93,7 +93,8 @@ def test_invalid_rank_raises():
 def test_kv_cache_decoding_matches_full_recompute(changes):
     torch.manual_seed(0)
     ranks = changes.pop("ranks", None)
-    model = GPT(small_config(**changes), layer_ranks=ranks).eval()
+    config = small_config(**changes)
+    model = GPT(config, layer_ranks=uniform_ranks(config, ranks)).eval()
     with torch.no_grad():
         for parameter in model.parameters():  # non-zero everywhere so every path contributes
             parameter.add_(torch.randn_like(parameter) * 0.05)

@@ -13,7 +13,7 @@ from alrt_core.config import ModelConfig, RunConfig
 from alrt_core.errors import UserError
 from alrt_core.model.attention import exclude_self_value
 from alrt_core.model.embeddings_extra import NO_TOKEN, previous_tokens
-from alrt_core.model.gpt import GPT
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.model.layer_sets import layer_schedule, parse_layer_set, parse_span
 from alrt_core.training.checkpoint import save_checkpoint
 from alrt_core.training.optimizers import split_parameters
@@ -29,7 +29,7 @@ def config(**changes) -> ModelConfig:
 
 def build(changes: dict, ranks: int | None = None, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return perturb(GPT(config(**changes), layer_ranks=ranks), seed=seed)
+    return perturb(GPT(config(**changes), layer_ranks=uniform_ranks(config(**changes), ranks)), seed=seed)
 
 
 def tokens_with_documents() -> torch.Tensor:

@@ -12,7 +12,9 @@ from model_helpers import ALL_ON, SWITCHES, greedy_by_recompute, perturb
 
 from alrt_core.config import ModelConfig, RunConfig, apply_overrides, preset
 from alrt_core.data.tokenizer import Tokenizer
-from alrt_core.model.gpt import GPT
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Session
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.training.checkpoint import save_checkpoint
 from alrt_core.training.events import read_events
 from alrt_core.training.trainer import Trainer
@@ -21,8 +23,6 @@ from export.loader import load_model
 from export.onnx_export import verify_against_torch
 from export.onnx_graph import build_onnx_model
 from export.quantize import QuantizeOptions, quantize_checkpoint
-from serve.generation import Session
-from serve.sampling import SamplingConfig
 
 ALL_ON_OVERRIDES = [f"model.{key}={value}" for key, value in ALL_ON.items()]
 
@@ -63,7 +63,7 @@ def _checkpoint_with(small_dataset, root: Path, changes: dict) -> Path:
     config.model = ModelConfig(vocab_size=384, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2, seq_len=48,
                                **changes)
     torch.manual_seed(0)
-    model = perturb(GPT(config.model, layer_ranks=6), scale=0.05)
+    model = perturb(GPT(config.model, layer_ranks=uniform_ranks(config.model, 6)), scale=0.05)
     root.mkdir()
     save_checkpoint(root / "last.pt", {"config": config.to_dict(), "model": model.state_dict(), "ema": None,
                                        "ranks": model.layer_ranks(), "step": 0})
@@ -114,7 +114,7 @@ def test_cached_generation_with_every_switch_equals_recompute(small_dataset):
     config = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2,
                          seq_len=64, **ALL_ON)
     torch.manual_seed(0)
-    model = perturb(GPT(config, layer_ranks=5), scale=0.3).eval()
+    model = perturb(GPT(config, layer_ranks=uniform_ranks(config, 5)), scale=0.3).eval()
     prompt = [tokenizer.bos_id, *tokenizer.encode("Thou art"), tokenizer.bos_id, *tokenizer.encode("Good")]
     cached = Session(model, tokenizer).generate(prompt, max_new_tokens=16, sampling=SamplingConfig(temperature=0.0))
     assert len(cached.token_ids) == 16
@@ -128,7 +128,7 @@ def test_onnx_logits_with_every_switch_equal_torch(small_dataset):
     config = ModelConfig(vocab_size=tokenizer.vocab_size, num_layers=4, model_dim=32, num_heads=4, num_kv_heads=2,
                          seq_len=64, **{**ALL_ON, "attn_gate": "dense"})
     torch.manual_seed(0)
-    model = perturb(GPT(config, layer_ranks=5), scale=0.1).eval()
+    model = perturb(GPT(config, layer_ranks=uniform_ranks(config, 5)), scale=0.1).eval()
     proto = build_onnx_model(model)
     assert [value.name for value in proto.graph.input] == ["input_ids", "past_keys", "past_values", "past_tokens"]
     prompt = [tokenizer.bos_id, *tokenizer.encode("Thou art"), tokenizer.bos_id, *tokenizer.encode("Good")]

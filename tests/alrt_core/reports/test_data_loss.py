@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from alrt_core.config import ModelConfig
-from alrt_core.model.gpt import GPT
+from alrt_core.evaluation.scoring import score_windows, sliding_windows
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.reports.data_loss import (
     CLASS_NAMES,
     PieceTable,
@@ -21,7 +22,6 @@ from alrt_core.reports.data_loss import (
     token_classes,
     top_confusions,
 )
-from alrt_core.scoring import score_windows, sliding_windows
 
 PIECES = ["<pad>", "<s>", "</s>", "<0xC3>", "▁the", "cat", "s", ",", "\n", "▁", "Hello", "'", "▁'tis", "▁▁▁", "ing,"]
 ID = {piece: index for index, piece in enumerate(PIECES)}
@@ -96,8 +96,8 @@ def test_position_bins_calibration_and_confusions():
 
 def test_scores_match_the_eval_scorer():
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
-                            seq_len=16), layer_ranks=8).eval()
+    config = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0, seq_len=16)
+    model = GPT(config, layer_ranks=uniform_ranks(config, 8)).eval()
     with torch.no_grad():  # give the zero-initialised output projections something to do
         for layer in model.projections().values():
             layer.U.normal_(0, 0.3)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from alrt_core.config import ModelConfig
-from alrt_core.model.gpt import GPT
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.reports.scalars import per_layer_groups, scalar_parameters, scalar_report
 
 
@@ -15,7 +15,7 @@ def tiny(**switches) -> GPT:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, mlp_mult=2.0,
                          seq_len=16, **switches)
-    return GPT(config, layer_ranks=8)
+    return GPT(config, layer_ranks=uniform_ranks(config, 8))
 
 
 def test_scalars_are_found_grouped_and_flagged():

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
-from test_rank_resize import train_a_few_steps
+from model_helpers import train_a_few_steps
 from test_trainer import rank_events, step_losses, tiny_config
 
 from alrt_core.config import RunConfig
 from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.ranks.resize import factorize_layer, follow_factorization
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.events import read_events
 from alrt_core.training.muon import Muon
-from alrt_core.training.rank_resize import factorize_layer, follow_factorization
 from alrt_core.training.trainer import Trainer
 
 
@@ -71,7 +71,7 @@ def test_a_still_zero_weight_factorises_as_a_zero_initialised_layer_not_as_dead_
 
 def test_the_switch_never_comes_before_the_first_step(small_dataset):
     from alrt_core.model.gpt import GPT
-    from alrt_core.training.rank_manager import RankManager
+    from alrt_core.ranks.manager import RankManager
 
     config = tiny_config(small_dataset.root, "rank.dense_warmup_frac=0.1", "model.vocab_size=384")
     model = GPT(config.model)

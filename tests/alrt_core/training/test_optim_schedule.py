@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alrt_core.config import ModelConfig, TrainConfig
-from alrt_core.model.gpt import GPT
+from alrt_core.model.gpt import GPT, uniform_ranks
 from alrt_core.training import muon as muon_module
 from alrt_core.training.muon import Muon, orthogonalize, orthogonalize_all
 from alrt_core.training.optimizers import build_optimizers, split_parameters
@@ -74,7 +74,8 @@ def test_muon_step_with_nesterov_and_weight_decay():
 
 
 def test_every_parameter_is_in_exactly_one_group():
-    model = GPT(ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1, seq_len=8, tie_embeddings=False), layer_ranks=4)
+    config = ModelConfig(vocab_size=50, num_layers=2, model_dim=16, num_heads=2, num_kv_heads=1, seq_len=8, tie_embeddings=False)
+    model = GPT(config, layer_ranks=uniform_ranks(config, 4))
     groups = split_parameters(model)
     ids = [id(p) for group in groups.values() for p in group]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))

@@ -15,16 +15,16 @@ from alrt_core.errors import UserError
 from alrt_core.model.artifact_estimate import estimate_artifact, gaussian_code_bits
 from alrt_core.model.factorized import FactorizedLinear
 from alrt_core.model.fake_quant import quantize_dequantize
-from alrt_core.model.gpt import GPT
-from alrt_core.model.rank_budget import CostModel
-from alrt_core.model.rank_plan import initial_layer_ranks
+from alrt_core.model.gpt import GPT, uniform_ranks
+from alrt_core.ranks.budget import CostModel
+from alrt_core.ranks.plan import initial_layer_ranks
+from alrt_core.ranks.resize import resize_layer
 from alrt_core.training import muon as muon_module
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.compile import probe
 from alrt_core.training.events import read_events
 from alrt_core.training.muon import Muon, normalize_rows
 from alrt_core.training.optimizers import build_optimizers, split_parameters
-from alrt_core.training.rank_resize import resize_layer
 from alrt_core.training.swa import WeightSWA, checkpoint_eval_weights
 from alrt_core.training.trainer import Trainer
 from export.gptq import round_to_nearest
@@ -64,7 +64,7 @@ def _tiny_gpt() -> GPT:
     torch.manual_seed(0)
     config = preset("tiny").model
     config.vocab_size = 64
-    return GPT(config, layer_ranks=8)
+    return GPT(config, layer_ranks=uniform_ranks(config, 8))
 
 
 @pytest.mark.parametrize("group", ["embed", "scalar", "matrix"])
@@ -129,7 +129,7 @@ def test_trainer_samples_swa_in_the_window_and_evaluates_the_mean(small_dataset,
 
     def keep(event: dict) -> None:
         if event["event"] == "train_step":
-            snapshots[event["step"]] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            snapshots[event["step"]] = {k: v.detach().clone() for k, v in trainer.state.model.state_dict().items()}
 
     trainer.listeners.append(keep)
     trainer.run()
@@ -192,7 +192,7 @@ def test_qat_switches_on_when_the_lr_multiplier_crosses_the_threshold_and_stays_
     plain, quantised = step_losses(tmp_path / "plain"), step_losses(tmp_path / "qat")
     assert [plain[s] for s in range(1, 9)] == [quantised[s] for s in range(1, 9)]
     assert all(plain[s] != quantised[s] for s in (9, 10))
-    assert all(layer.fake_quant_bits == 4 for layer in trainer.model.projections().values())
+    assert all(layer.fake_quant_bits == 4 for layer in trainer.state.model.projections().values())
     assert load_checkpoint(tmp_path / "qat" / "last.pt")["qat_active"] is True
 
 

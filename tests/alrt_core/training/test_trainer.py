@@ -107,7 +107,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small_dataset,
     def poison(event):
         if event["event"] == "train_step" and event["step"] == 3:
             with torch.no_grad():
-                trainer.model.embed.weight.fill_(float("nan"))
+                trainer.state.model.embed.weight.fill_(float("nan"))
 
     trainer.listeners.append(poison)
     with pytest.raises(UserError, match=r"loss became nan at step 4; training stopped \(last good checkpoint: .*last.pt\)"):
@@ -133,7 +133,7 @@ def test_golf_preset_builds_and_runs_a_step_on_cpu(small_dataset, tmp_path):
     trainer = Trainer(config, tmp_path / "golf", progress=False)
     result = trainer.run()
     assert result.steps == 1
-    model = trainer.model
+    model = trainer.state.model
     assert len(model.blocks) == 11 and model.config.model_dim == 512
     # 11 blocks x (q,o 512x512 + k,v 256x512 + up,down 2048x512) + vocab 384 x 512 tied embedding + small vectors
     matrices = 11 * (2 * 512 * 512 + 2 * 256 * 512 + 2 * 2048 * 512)
@@ -161,7 +161,7 @@ def test_cpu_splits_large_micro_batches_into_more_micro_steps(small_dataset, tmp
     monkeypatch.setattr(trainer_module, "CPU_MICRO_BATCH_TOKENS", 3 * 64)  # tiny: 16 sequences of 64 per step
     split = Trainer(tiny_config(small_dataset.root, "train.max_steps=4"), tmp_path / "split", progress=False)
     split.run()
-    assert (whole.micro_sequences, whole.accumulation) == (16, 1) and (split.micro_sequences, split.accumulation) == (2, 8)
+    assert (whole.setup.micro_sequences, whole.setup.accumulation) == (16, 1) and (split.setup.micro_sequences, split.setup.accumulation) == (2, 8)
     start = read_events(tmp_path / "split" / "train.jsonl")[0]
     assert start["micro_batch_capped"] is True and start["accumulation"] == 8
     # The same rows in the same order: the losses agree up to the order of float summation.
@@ -204,7 +204,7 @@ def test_auto_precision_is_probed_at_start_reported_and_kept_on_resume(small_dat
     built = GPT(trainer.config.model, layer_ranks=start["layer_ranks"])
     factors = {(layer.in_features, layer.rank) for layer in built.projections().values()}
     factors |= {(layer.rank, layer.out_features) for layer in built.projections().values()}
-    assert probe["shapes"] and all(rows == trainer.micro_sequences * 64 and (k, n) in factors
+    assert probe["shapes"] and all(rows == trainer.setup.micro_sequences * 64 and (k, n) in factors
                                    for rows, k, n in probe["shapes"])
     # The machine now measures bf16 faster: a resumed run still trains as the interrupted run did.
     precision.probe_precision.cache_clear()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from test_trainer import step_losses, tiny_config
 
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Session
 from alrt_core.training.events import read_events
 from alrt_core.training.trainer import Trainer
 from export.loader import load_model
-from serve.generation import Session
-from serve.sampling import SamplingConfig
 
 
 def test_samples_are_logged_reproducible_and_leave_training_unchanged(small_dataset, tmp_path):

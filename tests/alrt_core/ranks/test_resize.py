@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import train_a_few_steps
 
 from alrt_core.model.factorized import FactorizedLinear
+from alrt_core.ranks.resize import resize_layer
 from alrt_core.training.muon import Muon
-from alrt_core.training.rank_resize import resize_layer
-
-
-def train_a_few_steps(layer: FactorizedLinear, optimizer: Muon, steps: int = 3) -> None:
-    """Momentum in the optimizer's state, weights moved off their initialisation."""
-    for _ in range(steps):
-        layer(torch.randn(8, layer.in_features)).square().sum().backward()
-        optimizer.step()
-        optimizer.zero_grad()
 
 
 def trained_layer(rank: int = 6) -> tuple[FactorizedLinear, Muon]:

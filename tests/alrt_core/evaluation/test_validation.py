@@ -10,7 +10,7 @@ import torch
 
 from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
-from alrt_core.evaluate import evaluate
+from alrt_core.evaluation.validation import evaluate
 from alrt_core.model.gpt import GPT
 
 

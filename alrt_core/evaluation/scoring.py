@@ -11,7 +11,7 @@ instead of being short).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +68,30 @@ class TokenScores:
     reference_nll: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class WindowBatch:
+    """Windows of one length and one scored offset, stacked: one forward pass, logits only where scored."""
+
+    windows: list[Window]
+    rows: np.ndarray  # int64 [len(windows), length + 1]: each window's inputs and, shifted by one, its targets
+    score_from: int  # the first scored position of every row
+
+
+def window_batches(tokens: np.ndarray, windows: list[Window], batch_windows: int) -> Iterator[WindowBatch]:
+    """Consecutive runs of `windows` that share length and scored offset, at most `batch_windows` at a time."""
+    index = 0
+    while index < len(windows):
+        key = (windows[index].length, windows[index].score_from)
+        end = index + 1
+        while end < len(windows) and end - index < batch_windows and (windows[end].length, windows[end].score_from) == key:
+            end += 1
+        batch = windows[index:end]
+        length = key[0]
+        rows = np.stack([np.asarray(tokens[w.begin : w.begin + length + 1], dtype=np.int64) for w in batch])
+        yield WindowBatch(batch, rows, key[1])
+        index = end
+
+
 def score_windows(
     model: GPT,
     tokens: np.ndarray,
@@ -88,16 +112,9 @@ def score_windows(
     if reference is not None:
         reference.eval()
     try:
-        index = 0
         with torch.no_grad():
-            while index < len(windows):
-                # Windows of one length and one scored offset go together; only scored positions get logits.
-                length, skip = windows[index].length, windows[index].score_from
-                batch = [windows[index]]
-                while index + len(batch) < len(windows) and len(batch) < batch_windows \
-                        and (windows[index + len(batch)].length, windows[index + len(batch)].score_from) == (length, skip):
-                    batch.append(windows[index + len(batch)])
-                rows = np.stack([np.asarray(tokens[w.begin : w.begin + length + 1], dtype=np.int64) for w in batch])
+            for batch in window_batches(tokens, windows, batch_windows):
+                rows, skip = batch.rows, batch.score_from
                 inputs = torch.from_numpy(rows[:, :-1]).to(device)
                 targets = torch.from_numpy(rows[:, 1 + skip :]).to(device)
                 with autocast_context(device, autocast):
@@ -110,16 +127,15 @@ def score_windows(
                     kl = (ref_log_probs.exp() * (ref_log_probs - log_probs)).sum(-1).double().cpu().numpy()
                     agree = (ref_log_probs.argmax(-1) == log_probs.argmax(-1)).double().cpu().numpy()
                     ref_nll = -ref_log_probs.gather(-1, targets[..., None]).squeeze(-1).double().cpu().numpy()
-                for row, window in enumerate(batch):
+                for row, window in enumerate(batch.windows):
                     span = slice(window.first_target - 1, window.end)
                     nll[span] = token_nll[row]
                     if reference is not None:
                         extra["kl"][span] = kl[row]
                         extra["agree"][span] = agree[row]
                         extra["reference_nll"][span] = ref_nll[row]
-                index += len(batch)
                 if on_progress is not None:
-                    on_progress(sum(w.length - w.score_from for w in batch))
+                    on_progress(sum(w.length - w.score_from for w in batch.windows))
     finally:
         model.train(was_training)
     return {"nll": nll, **extra}

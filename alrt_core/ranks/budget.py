@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alrt_core.model.gpt import GPT
+from alrt_core.quant_grid import EMBED_BITS, FP16_BYTES, MATRIX_BITS, SCALE_BYTES
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,11 @@ class StorageRates:
 
     matrix_bits: float
     embed_bits: float
-    scale_bytes: float = 2.0
-    small_tensor_bytes: float = 2.0
+    scale_bytes: float = SCALE_BYTES
+    small_tensor_bytes: float = FP16_BYTES
 
 
-PACKED = StorageRates(matrix_bits=6.0, embed_bits=8.0)
+PACKED = StorageRates(matrix_bits=MATRIX_BITS, embed_bits=EMBED_BITS)
 ARTIFACT = StorageRates(matrix_bits=5.3, embed_bits=7.6)
 # Header (56 B) and compressed manifest (~2–3 KB measured for 24–40 tensors), before the tokenizer.
 ARTIFACT_FIXED_BYTES = 3_500

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from alrt_core.model.spectral import frobenius_sq, grow, stable_rank, top_singular_value, truncated_svd
+from alrt_core.ranks.spectral import frobenius_sq, grow, stable_rank, top_singular_value, truncated_svd
 
 
 def factors(m: int, n: int, r: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,10 @@ import torch
 
 from alrt_core.config import ModelConfig, RankConfig, TrainConfig
 from alrt_core.model.gpt import GPT
-from alrt_core.model.rank_plan import initial_layer_ranks
+from alrt_core.ranks.manager import RankManager
+from alrt_core.ranks.plan import initial_layer_ranks
 from alrt_core.training.ema import WeightEMA
 from alrt_core.training.optimizers import build_optimizers
-from alrt_core.training.rank_manager import RankManager
 
 VOCAB = 61
 
@@ -207,7 +207,7 @@ def test_a_schedule_told_to_grow_past_break_even_reaches_its_final_rank():
 
 
 def test_artifact_bytes_count_compressed_rates_and_the_files_overhead():
-    from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
+    from alrt_core.ranks.budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
 
     model, *_ = setup(RankConfig(warmup_steps=0))
     ranks = model.layer_ranks()

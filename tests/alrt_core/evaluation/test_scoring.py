@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_evaluate import context_sensitive_model
+from test_validation import context_sensitive_model
 
 from alrt_core.config import RunConfig
 from alrt_core.data.shards import read_shard
 from alrt_core.data.tokenizer import Tokenizer
-from alrt_core.eval_report import EvalOptions, run_eval
-from alrt_core.scoring import score_windows, sliding_windows, summarize
+from alrt_core.evaluation.report import EvalOptions, run_eval
+from alrt_core.evaluation.scoring import score_windows, sliding_windows, summarize
 
 
 @pytest.mark.parametrize(("targets", "seq_len", "stride"), [(100, 16, 4), (101, 16, 16), (7, 16, 4), (64, 16, 5), (33, 8, 1)])

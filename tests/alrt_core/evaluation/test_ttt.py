@@ -6,11 +6,11 @@ import copy
 
 import numpy as np
 import torch
-from test_evaluate import context_sensitive_model
+from test_validation import context_sensitive_model
 
 from alrt_core.data.tokenizer import Tokenizer
-from alrt_core.scoring import score_windows, sliding_windows
-from alrt_core.ttt import TTTConfig, chunk_windows, score_first_ttt
+from alrt_core.evaluation.scoring import score_windows, sliding_windows
+from alrt_core.evaluation.ttt import TTTConfig, chunk_windows, score_first_ttt
 
 CONFIG = TTTConfig(chunk_tokens=48, lr=0.05, epochs=2, batch_sequences=2, freeze_blocks=0)
 

@@ -1,38 +1,23 @@
-"""KV-cached generation against full recomputation, sampling, stop strings, context limits and chat history."""
+"""KV-cached decoding against full recomputation, seeded sampling, stop strings and context limits."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import greedy_by_recompute
+from model_helpers import greedy_by_recompute, small_decoder
 
-from alrt_core.config import ModelConfig
 from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.inference.sampling import SamplingConfig
+from alrt_core.inference.session import Session
 from alrt_core.model.gpt import GPT
-from serve.chat import ChatSession, ChatTemplate
-from serve.generation import Session
-from serve.sampling import SamplingConfig, apply_repetition_penalty, next_token
 
 GREEDY = SamplingConfig(temperature=0.0)
-
-
-def model_for(tokenizer: Tokenizer, seq_len: int = 64, **changes) -> GPT:
-    torch.manual_seed(0)
-    ranks = changes.pop("ranks", None)
-    shape = {"vocab_size": tokenizer.vocab_size, "num_layers": 2, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2,
-             "seq_len": seq_len}
-    config = ModelConfig(**{**shape, **changes})
-    model = GPT(config, layer_ranks=ranks)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.3)
-    return model.eval()
 
 
 @pytest.mark.parametrize("changes", [{}, {"ranks": 5}, {"rope_dims": 4}, {"num_kv_heads": 4, "tie_embeddings": False}])
 def test_cached_greedy_decode_equals_full_recompute(small_dataset, changes):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer, **changes)
+    model = small_decoder(tokenizer, **changes)
     prompt = [tokenizer.bos_id, *tokenizer.encode("Thou art")]
     cached = Session(model, tokenizer).generate(prompt, max_new_tokens=20, sampling=GREEDY)
     assert cached.token_ids == greedy_by_recompute(model, prompt, len(cached.token_ids))
@@ -41,7 +26,7 @@ def test_cached_greedy_decode_equals_full_recompute(small_dataset, changes):
 
 def test_seeded_sampling_is_reproducible_and_seeds_differ(small_dataset):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer)
+    model = small_decoder(tokenizer)
     prompt = [tokenizer.bos_id, *tokenizer.encode("Good")]
 
     def run(seed: int) -> list[int]:
@@ -51,19 +36,9 @@ def test_seeded_sampling_is_reproducible_and_seeds_differ(small_dataset):
     assert run(1) == run(1) and run(1) != run(2)
 
 
-def test_top_k_top_p_and_repetition_penalty():
-    logits = torch.tensor([3.0, 2.0, 1.0, 0.0, -1.0])
-    picks = {next_token(logits, torch.tensor([]), SamplingConfig(1.0, 2, 1.0, 1.0), torch.Generator().manual_seed(s)) for s in range(50)}
-    assert picks == {0, 1}
-    nucleus = {next_token(logits, torch.tensor([]), SamplingConfig(1.0, 0, 0.5, 1.0), torch.Generator().manual_seed(s)) for s in range(50)}
-    assert nucleus == {0}  # p(0) = 0.64 already covers 0.5
-    penalised = apply_repetition_penalty(logits, torch.tensor([0, 4]), 2.0)
-    assert penalised.tolist() == [1.5, 2.0, 1.0, 0.0, -2.0]
-
-
 def test_stop_strings_cut_the_text_and_end_generation(small_dataset):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer)
+    model = small_decoder(tokenizer)
     prompt = [tokenizer.bos_id, *tokenizer.encode("And")]
     full = Session(model, tokenizer).generate(prompt, max_new_tokens=30, sampling=GREEDY)
     stop = full.text[5:7]
@@ -76,7 +51,7 @@ def test_stop_strings_cut_the_text_and_end_generation(small_dataset):
 
 def test_context_full_stops_or_slides(small_dataset):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer, seq_len=16)
+    model = small_decoder(tokenizer, seq_len=16)
     prompt = [tokenizer.bos_id, *tokenizer.encode("Hark")][:4]
     stopped = Session(model, tokenizer).generate(prompt, max_new_tokens=40, sampling=GREEDY)
     assert stopped.stats.stop_reason == "context_full" and len(prompt) + len(stopped.token_ids) == 17
@@ -84,31 +59,9 @@ def test_context_full_stops_or_slides(small_dataset):
     assert len(slid.token_ids) == 40 and slid.stats.slides >= 2
 
 
-def test_chat_keeps_the_conversation_in_the_cache(small_dataset):
-    tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer, seq_len=256)
-    template = ChatTemplate(user="ROMEO", bot="JULIET")
-    chat = ChatSession(Session(model, tokenizer), template, GREEDY, max_new_tokens=12)
-    chat.send("What light through yonder window breaks?")
-    first_turn_tokens = len(chat.session.history)
-    reply = chat.send("It is the east.")
-    # The second reply continued the whole conversation: it equals greedy decoding of the full transcript.
-    first = chat.turns[0]
-    prompt = [tokenizer.bos_id, *tokenizer.encode(template.user_turn(first.message)),
-              *tokenizer.encode(first.reply + template.turn_end), *tokenizer.encode(template.user_turn("It is the east."))]
-    assert chat.session.history[: len(prompt)] == prompt  # turn 1 is in the cache, exactly once
-    expected = greedy_by_recompute(model, prompt, len(reply.token_ids))
-    assert reply.token_ids == expected
-    assert chat.turn_starts == [1, first_turn_tokens] and len(chat.turns) == 2
-    regen = chat.regenerate()
-    assert regen.token_ids == reply.token_ids and len(chat.turns) == 2  # greedy: the same reply again
-    chat.clear()
-    assert chat.session.history == [tokenizer.bos_id] and chat.turns == []
-
-
 def test_a_stop_string_split_over_two_tokens_never_leaks(small_dataset):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer)
+    model = small_decoder(tokenizer)
     prompt = [tokenizer.bos_id, *tokenizer.encode("And")]
     full = Session(model, tokenizer).generate(prompt, max_new_tokens=30, sampling=GREEDY)
     # A two-character stop string whose first character ends one token's text and whose second begins the next.
@@ -143,7 +96,7 @@ class LogitsOnMeta(torch.nn.Module):
 
 def test_seeded_sampling_makes_its_generator_on_the_device_of_the_logits(small_dataset, monkeypatch):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = LogitsOnMeta(model_for(tokenizer))
+    model = LogitsOnMeta(small_decoder(tokenizer))
     made: list[torch.device] = []
     sampled: list[tuple[torch.device, torch.device | None]] = []
 
@@ -170,7 +123,7 @@ def test_seeded_sampling_makes_its_generator_on_the_device_of_the_logits(small_d
 
 def test_sliding_context_continues_a_prompt_longer_than_the_context(small_dataset):
     tokenizer = Tokenizer.load(small_dataset.tokenizer_path)
-    model = model_for(tokenizer, seq_len=16)
+    model = small_decoder(tokenizer, seq_len=16)
     prompt = [tokenizer.bos_id, *tokenizer.encode("Hark, hark! the lark at heaven's gate sings, and Phoebus gins")]
     assert len(prompt) > 16
     stopped = Session(model, tokenizer).generate(prompt, max_new_tokens=5, sampling=GREEDY)

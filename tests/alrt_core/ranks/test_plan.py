@@ -8,8 +8,8 @@ import torch
 from alrt_core.config import ModelConfig, RankConfig
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from alrt_core.model.rank_budget import CostModel
-from alrt_core.model.rank_plan import (
+from alrt_core.ranks.budget import CostModel
+from alrt_core.ranks.plan import (
     break_even_rank,
     energy_rank,
     initial_layer_ranks,

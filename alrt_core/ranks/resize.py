@@ -9,14 +9,16 @@ Wrappers that cache parameters or shapes (DDP buckets, compiled graphs, EMA) mus
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
 
+from alrt_core.config import OnResize, ResizeMethod
 from alrt_core.model.factorized import FactorizedLinear, sqrt_split_svd
-from alrt_core.model.spectral import Resize, grow, truncated_svd
+from alrt_core.ranks.spectral import Resize, grow, truncated_svd
 
-RESIZE_METHODS = ("svd", "truncate")
-STATE_POLICIES = ("project", "reset")
+RESIZE_METHODS: tuple[ResizeMethod, ...] = typing.get_args(ResizeMethod)
+STATE_POLICIES: tuple[OnResize, ...] = typing.get_args(OnResize)
 
 
 def _truncate(u: torch.Tensor, v: torch.Tensor, rank: int) -> Resize:
@@ -43,8 +45,8 @@ def resize_layer(
     new_rank: int,
     optimizers: list[torch.optim.Optimizer],
     *,
-    method: str = "svd",
-    on_resize: str = "project",
+    method: ResizeMethod = "svd",
+    on_resize: OnResize = "project",
     generator: torch.Generator | None = None,
 ) -> Resize | None:
     """Change `layer` to `new_rank` (shrink by SVD or truncation, grow with function-preserving components).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alrt_core.model.rank_controller import (
+from alrt_core.ranks.controller import (
     ControllerSettings,
     LayerRankState,
     decide,

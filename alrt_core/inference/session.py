@@ -1,4 +1,4 @@
-"""KV-cached generation from a loaded model: prefill the prompt once, then one token per forward pass.
+"""KV-cached generation from a `Decoder`: prefill the prompt once, then one token per forward pass.
 
 Text streams out as it becomes final: the decoded text of all generated tokens is recomputed and only the new,
 complete part is emitted (a multi-byte character split over byte-fallback tokens appears once it is whole, and
@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic
 
 import torch
 
 from alrt_core.data.tokenizer import Tokenizer
-from alrt_core.model.gpt import GPT
-from alrt_core.model.kv_cache import KVCache
-from serve.sampling import SamplingConfig, next_token, seeded_generator
+from alrt_core.inference.decoder import CacheT, Decoder
+from alrt_core.inference.sampling import SamplingConfig, next_token, seeded_generator
 
 
 @dataclass
@@ -43,14 +43,14 @@ class Generation:
     stats: GenerationStats = field(default_factory=GenerationStats)
 
 
-class Session:
+class Session(Generic[CacheT]):
     """A model with its own KV cache holding a token history (the prompt so far, and what was generated)."""
 
-    def __init__(self, model: GPT, tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Decoder[CacheT], tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.device
         self.context = model.config.seq_len
-        self.cache: KVCache = model.new_cache(batch_size=1, dtype=dtype)
+        self.cache: CacheT = model.new_cache(batch_size=1, dtype=dtype)
         self.history: list[int] = []  # every token whose keys/values are in the cache
 
     def reset(self) -> None:

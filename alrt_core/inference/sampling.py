@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from alrt_core.errors import UserError
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -17,8 +19,6 @@ class SamplingConfig:
     seed: int | None = None
 
     def validate(self) -> None:
-        from alrt_core.errors import UserError
-
         if self.temperature < 0:
             raise UserError(f"--temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

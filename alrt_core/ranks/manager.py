@@ -3,7 +3,7 @@
 Every `update_every` steps the manager measures each layer from its factors (stable rank by warm-started power
 iteration, or the full spectrum from an r×r core for `energy`), folds the estimate into the layer's EMA, turns it
 into a target (safety factor × budget pressure), and moves the rank a bounded step towards it. Resizes carry the
-optimizer state (`rank_resize.py`), and the weight EMA and SWA mean follow each
+optimizer state (`resize.py`), and the weight EMA and SWA mean follow each
 resize through the live layer's own maps. Every process of a distributed run computes the same
 decisions from identical weights, and rank 0's are broadcast so they cannot drift.
 """
@@ -22,8 +22,8 @@ from torch import Tensor
 from alrt_core.config import RankConfig
 from alrt_core.model.factorized import FactorizedLinear
 from alrt_core.model.gpt import GPT, layer_kind
-from alrt_core.model.rank_budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
-from alrt_core.model.rank_controller import (
+from alrt_core.ranks.budget import ARTIFACT, PACKED, CostModel, artifact_overhead_bytes
+from alrt_core.ranks.controller import (
     ControllerSettings,
     LayerRankState,
     RankDecision,
@@ -31,15 +31,15 @@ from alrt_core.model.rank_controller import (
     smooth,
     target_rank,
 )
-from alrt_core.model.rank_plan import (
+from alrt_core.ranks.plan import (
     break_even_rank,
     energy_rank,
     ordered_penalty_weights,
     schedule_rank,
 )
-from alrt_core.model.spectral import Resize, singular_values, stable_rank
+from alrt_core.ranks.resize import factorize_layer, resize_layer
+from alrt_core.ranks.spectral import Resize, singular_values, stable_rank
 from alrt_core.training.distributed import DistributedContext
-from alrt_core.training.rank_resize import factorize_layer, resize_layer
 from alrt_core.units import parse_byte_size
 
 # Updates happen about once per epoch, but at least this often, so short runs still adapt.

@@ -22,10 +22,10 @@ from alrt_core.data.prepare import default_cache_dir, resolve_dataset
 from alrt_core.data.shards import list_shards, read_shard
 from alrt_core.data.tokenizer import Tokenizer
 from alrt_core.errors import UserError
+from alrt_core.evaluation.scoring import gather_scores, score_windows, sliding_windows, split_for_rank, summarize
+from alrt_core.evaluation.ttt import TTTConfig, score_first_ttt
 from alrt_core.model.gpt import GPT
-from alrt_core.scoring import gather_scores, score_windows, sliding_windows, split_for_rank, summarize
 from alrt_core.training.distributed import DistributedContext
-from alrt_core.ttt import TTTConfig, score_first_ttt
 
 
 @dataclass

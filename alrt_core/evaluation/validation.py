@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.evaluation.scoring import gather_scores, score_windows, sliding_windows, split_for_rank
 from alrt_core.model.gpt import GPT
-from alrt_core.scoring import gather_scores, score_windows, sliding_windows, split_for_rank
 from alrt_core.training.distributed import DistributedContext
 
 

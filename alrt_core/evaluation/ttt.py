@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from alrt_core.evaluation.scoring import Window, gather_scores, score_windows, split_for_rank
 from alrt_core.model.gpt import GPT
 from alrt_core.precision import autocast_context
-from alrt_core.scoring import Window, gather_scores, score_windows, split_for_rank
 from alrt_core.training.distributed import DistributedContext
 
 

@@ -1,0 +1,1 @@
+"""Inference: what decoding needs from a model (`Decoder`), KV-cached decoding (`Session`) and sampling."""
