@@ -12,6 +12,7 @@ from alrt_core.errors import UserError
 from export.artifact import is_artifact
 from export.loader import load_model
 from serve.chat import ChatTemplate
+from serve.limits import ServeLimits, default_parallel
 
 if TYPE_CHECKING:
     from serve.worker import ModelWorker
@@ -21,7 +22,8 @@ def serve(
     model_path: Annotated[Path, typer.Argument(metavar="MODEL", help="A .alrt artifact, a training checkpoint, or an .onnx export (decoded by onnxruntime).")],
     host: Annotated[str, typer.Option(help="Interface to listen on (loopback by default; 0.0.0.0 exposes it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free port).")] = 8000,
-    max_queue: Annotated[int, typer.Option(help="Requests that may wait behind the running one; more get HTTP 429.")] = 16,
+    parallel: Annotated[int | None, typer.Option(help="Requests decoded at once, batched (default: 8 per CPU core, at most 32).")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests that may wait for a slot beyond --parallel; more get HTTP 429.")] = 16,
     max_tokens_cap: Annotated[int, typer.Option(help="The largest max_tokens a request may ask for.")] = 512,
     max_prompt_tokens: Annotated[int | None, typer.Option(help="Longest prompt in tokens (default: the model's context).")] = None,
     model_name: Annotated[str | None, typer.Option(help="The model id the server reports (default: the file stem).")] = None,
@@ -37,20 +39,18 @@ def serve(
         raise UserError(f"no such model file: {model_path}")
     if model_path.suffix != ".onnx" and not is_artifact(model_path) and not _looks_like_checkpoint(model_path):
         raise UserError(f"{model_path} is neither a .alrt artifact, a training checkpoint nor an .onnx export")
-    for flag, value in (("--max-queue", max_queue), ("--max-tokens-cap", max_tokens_cap),
-                        ("--max-prompt-tokens", max_prompt_tokens), ("--threads", threads)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
+    limits = ServeLimits(default_parallel() if parallel is None else parallel, max_queue, max_tokens_cap,
+                         max_prompt_tokens, threads)
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
     name = model_name or model_path.stem
     # FastAPI and uvicorn load here, not when the CLI starts: every other command stays quick to start.
-    from serve.server import ServeLimits, bind_socket, create_app, run_server
+    from serve.server import bind_socket, create_app, run_server
 
     sock = bind_socket(host, port)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
     app = create_app(lambda: load_model(model_path, device=device, allow_onnx=True), model_name=name,
-                     limits=ServeLimits(max_queue, max_tokens_cap, max_prompt_tokens, threads),
+                     limits=limits,
                      template=ChatTemplate(user_name, bot_name), strict_model=strict_model)
     worker: ModelWorker = app.state.worker
     bound_host, bound_port = sock.getsockname()[:2]

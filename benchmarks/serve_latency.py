@@ -44,9 +44,11 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, max_tokens: int, max_queue: int, threads: int) -> None:
+    def __init__(self, model: Path, max_tokens: int, max_queue: int, threads: int, parallel: int | None) -> None:
         command = [sys.executable, "-m", "alrt_cli", "serve", str(model), "--port", "0", "--max-queue", str(max_queue),
                    "--max-tokens-cap", str(max_tokens), "--model-name", "bench", "--threads", str(threads)]
+        if parallel is not None:
+            command += ["--parallel", str(parallel)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         assert self.process.stderr is not None
@@ -128,13 +130,15 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (alrt serve --threads)")
+    parser.add_argument("--parallel", type=int, default=None, help="alrt serve --parallel (default: the server's)")
     parser.add_argument("--json-out", type=Path, default=RESULTS / "serve_latency.json")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     args = parser.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"no such model file: {args.model}")
     levels = [int(part) for part in args.clients.split(",")]
-    server = ServerProcess(args.model, args.max_tokens, max_queue=max(levels) * 2, threads=args.threads)
+    server = ServerProcess(args.model, args.max_tokens, max_queue=max(levels) * 2, threads=args.threads,
+                           parallel=args.parallel)
     try:
         warm = openai.OpenAI(base_url=server.url, api_key="x", max_retries=0)
         for number in range(args.warmup):

@@ -54,6 +54,10 @@ class ConcatKVCache:
         self.present_keys: list[Tensor | None] = [None] * past_keys.shape[0]
         self.present_values: list[Tensor | None] = [None] * past_keys.shape[0]
         self.new_tokens: Tensor | None = None  # set by write_tokens: the model reads the token history
+        self.rows = None  # every row, all at one past length (the graph has no per-row positions)
+
+    def row_starts(self) -> None:
+        return None
 
     @property
     def remaining(self) -> int:

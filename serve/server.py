@@ -1,14 +1,16 @@
 """`alrt serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) in front of one model worker.
 
 Endpoints: `GET /health` (503 `{"status": "loading"}` until the model is loaded, then 200 with counters),
-`GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`, with OpenAI's request and response
-shapes, server-sent events when `stream` is true (and a last chunk with `usage` and no choices when
-`stream_options.include_usage` is), and OpenAI's error object: 400 for a bad request, 429 when the queue is
-full, 503 while loading. The socket is bound first and the model loaded in the background, so a client can poll
-`/health`. A completion request may name any `model` (clients send whatever they were configured with, and there
-is one model to answer with, as in llama-server); responses report the server's own id. With `strict_model`, any
-other name is a 400 `model_not_found`. `/v1/models` lists only the server's id either way. Chat messages become one
-document through `ChatTemplate.render` (our models are base LMs), and the reply ends at the template's `turn_end`.
+`GET /metrics` (Prometheus text format, `serve/metrics.py`), `GET /v1/models`, `POST /v1/completions`,
+`POST /v1/chat/completions`, with OpenAI's request and response shapes, server-sent events when `stream` is true
+(and a last chunk with `usage` and no choices when `stream_options.include_usage` is), and OpenAI's error object:
+400 for a bad request, 429 when the queue is full, 503 while loading. The socket is bound first and the model loaded
+in the background, so a client can poll `/health`. A completion request may name any `model` (clients send whatever
+they were configured with, and there is one model to answer with, as in llama-server); responses report the server's
+own id. With `strict_model`, any other name is a 400 `model_not_found`. `/v1/models` lists only the server's id either
+way. Chat messages become one document through `ChatTemplate.render` (our models are base LMs), and the reply ends at
+the template's `turn_end`. Every answer, and the streamed chunk with its `finish_reason`, carries llama-server's
+`timings` object.
 """
 
 from __future__ import annotations
@@ -27,14 +29,17 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alrt_core.errors import UserError
 from alrt_core.inference.decoder import Decoder
 from alrt_core.inference.sampling import SamplingConfig
-from alrt_core.inference.session import Generation
+from alrt_core.inference.session import Generation, GenerationStats
 from export.loader import LoadedModel
 from serve.chat import ChatTemplate
+from serve.limits import ServeLimits
+from serve.metrics import CLIENT_CLOSED, CountRequests, ServeMetrics
 from serve.openai_schema import (
     APIError,
     ChatCompletionRequest,
@@ -46,15 +51,8 @@ from serve.openai_schema import (
 from serve.worker import Job, ModelWorker, NotReady, QueueFull
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the server's cap
+DEFAULT_LIMITS = ServeLimits()
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_new_tokens": "length", "context_full": "length"}
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    max_queue: int = 16  # requests waiting behind the one being generated; one more is a 429
-    max_tokens_cap: int = 512  # the largest max_tokens a request may ask for
-    max_prompt_tokens: int | None = None  # None: the model's context
-    threads: int | None = 1  # torch intra-op threads for decoding (None: leave torch's setting)
 
 
 @dataclass
@@ -91,18 +89,36 @@ def usage(job: Job, generation: Generation) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def per_token_and_rate(count: int, milliseconds: float) -> tuple[float, float]:
+    return (milliseconds / count if count else 0.0), (1000 * count / milliseconds if milliseconds > 0 else 0.0)
+
+
+def timings(stats: GenerationStats) -> dict[str, float]:
+    """llama-server's `timings`: the prompt's prefill (until the first token can be sampled) and the decoding."""
+    prompt_ms, predicted_ms = 1000 * stats.time_to_first_token, 1000 * stats.decode_seconds
+    prompt_per_token_ms, prompt_per_second = per_token_and_rate(stats.prompt_tokens, prompt_ms)
+    predicted_per_token_ms, predicted_per_second = per_token_and_rate(stats.new_tokens, predicted_ms)
+    return {
+        "prompt_n": stats.prompt_tokens, "prompt_ms": prompt_ms, "prompt_per_token_ms": prompt_per_token_ms,
+        "prompt_per_second": prompt_per_second, "predicted_n": stats.new_tokens, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_per_token_ms, "predicted_per_second": predicted_per_second,
+    }
+
+
 def sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
 def create_app(
-    loader: Callable[[], LoadedModel[Decoder]], *, model_name: str, limits: ServeLimits = ServeLimits(),
+    loader: Callable[[], LoadedModel[Decoder]], *, model_name: str, limits: ServeLimits = DEFAULT_LIMITS,
     template: ChatTemplate | None = None, before_job: Callable[[Job], None] | None = None, strict_model: bool = False,
 ) -> FastAPI:
     """The app; `loader` runs on the worker thread once the server has started (so /health answers meanwhile).
     `model_name` is the id responses report; with `strict_model` it is also the only `model` a request may name."""
     template = template or ChatTemplate()
-    worker = ModelWorker(loader, limits.max_queue, threads=limits.threads, before_job=before_job)
+    worker = ModelWorker(loader, limits.max_queue, parallel=limits.parallel, threads=limits.threads,
+                         before_job=before_job)
+    metrics = ServeMetrics(worker)
     started = int(time.time())
 
     @asynccontextmanager
@@ -113,6 +129,7 @@ def create_app(
 
     app = FastAPI(title="alrt serve", lifespan=lifespan)
     app.state.worker = worker
+    app.add_middleware(CountRequests, requests=metrics.requests)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, error: APIError) -> JSONResponse:
@@ -177,13 +194,15 @@ def create_app(
             if not result.done():
                 result.cancel()
                 job.cancelled.set()
-        if result.cancelled():
-            return Response(status_code=499)  # nobody reads it: the client has gone
+        if not result.done():  # cancelled above (a task reads as cancelled only once it runs again): the client left
+            return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the status is for the metrics
         kind, value = result.result()
         if kind == "error":
             raise APIError(500, value, type="server_error")
+        metrics.observe(value.stats)
         finish = FINISH_REASONS.get(value.stats.stop_reason, "stop")
-        body = reply.body([reply.choice(value.text, finish, chunk=False)], chunk=False, usage=usage(job, value))
+        body = reply.body([reply.choice(value.text, finish, chunk=False)], chunk=False, usage=usage(job, value),
+                          timings=timings(value.stats))
         return JSONResponse(body)
 
     async def stream(job: Job, reply: Reply, include_usage: bool) -> AsyncIterator[str]:
@@ -199,8 +218,10 @@ def create_app(
                 if kind == "error":
                     yield sse(APIError(500, value, type="server_error").body())
                     return
+                metrics.observe(value.stats)
                 finish = FINISH_REASONS.get(value.stats.stop_reason, "stop")
-                yield sse(reply.body([reply.choice(None, finish, chunk=True)], chunk=True, **extra))
+                yield sse(reply.body([reply.choice(None, finish, chunk=True)], chunk=True, **extra,
+                                     timings=timings(value.stats)))
                 if include_usage:
                     yield sse(reply.body([], chunk=True, usage=usage(job, value)))
                 yield sse("[DONE]")
@@ -219,6 +240,10 @@ def create_app(
             "load_seconds": round(worker.load_seconds, 3), "queued": worker.queued, "max_queue": limits.max_queue,
             **asdict(worker.counts),
         })
+
+    @app.get("/metrics")
+    async def scrape() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:

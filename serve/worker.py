@@ -1,13 +1,16 @@
-"""The model worker: one thread loads the model, then runs generation jobs first in, first out from a bounded queue.
+"""The model worker: one thread loads the model, then decodes up to `parallel` jobs at once from a bounded queue.
 
-One thread owns the model and its KV cache because decoding on a few CPU cores gains nothing from running
-requests side by side (torch already uses the cores inside each matmul), and one cache is all the memory it needs.
-Every job starts from an empty cache, so a request's answer never depends on the requests before it.
+One thread owns the model and its KV cache. A decode step of a small model costs about as much for 16 rows as for
+one (it is per-operator overhead, not arithmetic), so the worker runs continuous batching
+(`alrt_core.inference.batch`): waiting jobs join in free rows between decode steps, every running job advances by
+one token per step, and a finished or cancelled job leaves at once. A job's tokens never depend on the jobs beside
+it: each row has its own positions, cache row, sampler and stop strings. An ONNX decoder (one past length per
+batch) runs one job at a time through `Session`.
 
 Jobs come from the event loop and results go back to it: `Job.events` is an asyncio queue that the worker fills
 through `loop.call_soon_threadsafe` with `("text", piece)` while decoding (streaming jobs only), then one
 `("done", Generation)` or `("error", message)`. Setting `Job.cancelled` (the client went away) skips a queued job
-and stops a running one at its next token, through `Session.generate`'s `should_stop` hook.
+and stops a running one before its next token.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from typing import Any
 import torch
 
 from alrt_core.errors import UserError
+from alrt_core.inference.batch import BatchedGenerator, BatchRequest
 from alrt_core.inference.decoder import Decoder
 from alrt_core.inference.sampling import SamplingConfig
 from alrt_core.inference.session import Generation, Session
+from alrt_core.model.gpt import GPT
 from export.loader import LoadedModel
 
 log = logging.getLogger("alrt.serve")
@@ -68,11 +73,12 @@ class WorkerCounts:
 
 
 class ModelWorker:
-    def __init__(self, loader: Callable[[], LoadedModel[Decoder]], max_queue: int, *, threads: int | None = 1,
-                 before_job: Callable[[Job], None] | None = None) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+    def __init__(self, loader: Callable[[], LoadedModel[Decoder]], max_queue: int, *, parallel: int = 1,
+                 threads: int | None = 1, before_job: Callable[[Job], None] | None = None) -> None:
+        if max_queue < 1 or parallel < 1:
+            raise ValueError("max_queue and parallel must be at least 1")
         self.loader, self.max_queue, self.threads, self.before_job = loader, max_queue, threads, before_job
+        self.parallel = parallel  # decoding slots (an ONNX decoder gets one)
         self.state = "loading"  # loading | ready | failed | closed
         self.error = ""
         self.loaded: LoadedModel[Decoder] | None = None
@@ -83,13 +89,19 @@ class ModelWorker:
         self.on_failed: Callable[[ModelWorker], None] | None = None
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
-        self._current: Job | None = None
+        self._running: list[Job] = []
         self._thread = threading.Thread(target=self._run, name="alrt-model-worker", daemon=True)
 
     @property
     def queued(self) -> int:
-        """Jobs waiting (the one being generated is not counted)."""
+        """Jobs waiting for a slot (the ones decoding are not counted)."""
         return self._queue.qsize()
+
+    @property
+    def busy_slots(self) -> int:
+        """Jobs decoding now."""
+        with self._lock:
+            return len(self._running)
 
     def start(self) -> None:
         self._thread.start()
@@ -118,13 +130,13 @@ class ModelWorker:
                 if job is not None:
                     job.cancelled.set()
                     job.post("error", "the server is shutting down")
-            if self._current is not None:
-                self._current.cancelled.set()
+            for job in self._running:
+                job.cancelled.set()
             self._queue.put_nowait(None)  # wakes the thread; there is room, the queue was just emptied
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
-    def _load(self) -> Session | None:
+    def _load(self) -> BatchedGenerator | Session | None:
         if self.threads is not None:
             # One decode step of a small model is a few tiny matmuls: extra intra-op threads only add barriers, and
             # while the event loop and other work share the cores a spinning OpenMP team stalls (a busy 2-core
@@ -142,36 +154,98 @@ class ModelWorker:
                 self.on_failed(self)
             return None
         self.loaded, self.load_seconds = loaded, time.perf_counter() - started
-        session = Session(loaded.model, loaded.tokenizer)
+        if isinstance(loaded.model, GPT):
+            engine: BatchedGenerator | Session = BatchedGenerator(loaded.model, loaded.tokenizer, self.parallel)
+        else:
+            self.parallel = 1
+            engine = Session(loaded.model, loaded.tokenizer)
         with self._lock:
             if self.state == "loading":
                 self.state = "ready"
         if self.on_ready is not None:
             self.on_ready(self)
-        return session
+        return engine
 
     def _run(self) -> None:
-        session = self._load()
-        if session is None:
+        engine = self._load()
+        if engine is None:
             return
+        if isinstance(engine, Session):
+            while (job := self._queue.get()) is not None:
+                self._serve_alone(engine, job)
+            return
+        rows: dict[int, Job] = {}  # id(request) -> its job
         while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            with self._lock:
-                self._current = job
+            # Wait for work only when nothing decodes; otherwise take what is queued and step.
+            while engine.free and (not engine.rows or not self._queue.empty()):
+                job = self._queue.get()
+                if job is None:
+                    self._drain(engine, rows)
+                    return
+                self._admit(engine, rows, job)
             try:
-                self._serve(session, job)
-            finally:
-                with self._lock:
-                    self._current = None
+                finished = engine.step()
+            except Exception as error:  # noqa: BLE001 - fail the step's jobs, keep the worker
+                log.exception("generation failed")
+                engine.rows.clear()
+                for job in rows.values():
+                    self._fail(job, error)
+                rows.clear()
+                finished = []
+            for request, generation in finished:
+                self._post_done(rows.pop(id(request)), generation)
+            self._set_running(list(rows.values()))
 
-    def _serve(self, session: Session, job: Job) -> None:
+    def _admit(self, engine: BatchedGenerator, rows: dict[int, Job], job: Job) -> None:
         if self.before_job is not None:
             self.before_job(job)  # a test hook: holds the worker here to fill the queue deterministically
         if job.cancelled.is_set():
             self.counts.cancelled += 1
             return
+        request = BatchRequest(job.prompt_ids, job.max_tokens, job.sampling, job.stop,
+                               on_text=(lambda piece: job.post("text", piece)) if job.stream else None,
+                               should_stop=job.cancelled.is_set)
+        try:
+            done = engine.add(request)
+        except Exception as error:  # noqa: BLE001 - one bad request must not take the worker down
+            log.exception("generation failed")
+            self._fail(job, error)
+            return
+        if done is not None:
+            self._post_done(job, done)
+            return
+        rows[id(request)] = job
+        self._set_running(list(rows.values()))
+
+    def _drain(self, engine: BatchedGenerator, rows: dict[int, Job]) -> None:
+        """Shutting down: the running jobs were cancelled by `close`; finish them as interrupted."""
+        while engine.rows:
+            for request, generation in engine.step():
+                self._post_done(rows.pop(id(request)), generation)
+
+    def _set_running(self, jobs: list[Job]) -> None:
+        with self._lock:
+            self._running = jobs
+
+    def _post_done(self, job: Job, generation: Generation) -> None:
+        if generation.stats.stop_reason == "interrupted":
+            self.counts.cancelled += 1
+        else:
+            self.counts.completed += 1
+        job.post("done", generation)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        self.counts.failed += 1
+        job.post("error", f"generation failed: {error}")
+
+    def _serve_alone(self, session: Session, job: Job) -> None:
+        """One job at a time (a decoder without per-row positions)."""
+        if self.before_job is not None:
+            self.before_job(job)
+        if job.cancelled.is_set():
+            self.counts.cancelled += 1
+            return
+        self._set_running([job])
         try:
             session.reset()
             generation: Generation = session.generate(
@@ -181,11 +255,8 @@ class ModelWorker:
             )
         except Exception as error:  # noqa: BLE001 - one bad request must not take the worker down
             log.exception("generation failed")
-            self.counts.failed += 1
-            job.post("error", f"generation failed: {error}")
+            self._fail(job, error)
             return
-        if generation.stats.stop_reason == "interrupted":
-            self.counts.cancelled += 1
-        else:
-            self.counts.completed += 1
-        job.post("done", generation)
+        finally:
+            self._set_running([])
+        self._post_done(job, generation)

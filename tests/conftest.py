@@ -1,10 +1,12 @@
-"""Shared fixtures: a small prepared dataset cut from the embedded corpus (prepared once per session)."""
+"""Shared fixtures: a small prepared dataset cut from the embedded corpus and a tiny model trained on it for the
+server's tests (each made once per session)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from run_helpers import train_tiny
 
 from alrt_core.data.corpus import load_shakespeare
 from alrt_core.data.prepare import DatasetInfo, prepare_dataset
@@ -25,6 +27,14 @@ def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> DatasetInfo:
     val = root / "val.txt"
     val.write_text(works[SMALL_WORKS[3]], encoding="utf-8")
     return prepare_dataset(train_files, root / "prepared", vocab_size=384, val_inputs=[val], progress=False)
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(small_dataset: DatasetInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`last.pt` of the tiny preset trained 8 steps with a 128-token context: what the serving tests serve."""
+    run_dir = train_tiny(tmp_path_factory.mktemp("serve") / "run", small_dataset.root, "train.max_steps=8",
+                         "train.eval_every=8", "model.seq_len=128")
+    return run_dir / "last.pt"
 
 
 @pytest.fixture()

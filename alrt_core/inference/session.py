@@ -111,29 +111,16 @@ class Session(Generic[CacheT]):
         logits = self.feed(prompt_ids) if prompt_ids else self.feed([self.tokenizer.bos_id])
         stats.time_to_first_token = time.perf_counter() - started
         generator = seeded_generator(sampling.seed, logits)  # on the logits' device (CUDA needs a CUDA generator)
-        emitted = ""
+        stream = TextStream(self.tokenizer, stop, on_text)
         decode_started = time.perf_counter()
         for token in self._tokens(logits, max_new_tokens, sampling, generator, sliding_context, stats, should_stop):
-            result.token_ids.append(token)
-            text = self.tokenizer.decode(result.token_ids)
-            stop_at = _first_stop(text, stop, len(emitted))
-            if stop_at is not None:
-                text = text[:stop_at]
+            if stream.push(token):
                 stats.stop_reason = "stop_string"
-            # Hold back a trailing replacement character (usually half of a multi-byte character) and a tail that
-            # may be the start of a stop string: neither may be shown before the next token decides.
-            final = _without_partial_stop(text.rstrip("\ufffd"), stop) if stop_at is None else text
-            if len(final) > len(emitted) and on_text is not None:
-                on_text(final[len(emitted) :])
-            emitted = max(emitted, final, key=len)
-            if stop_at is not None:
                 break
-        stats.new_tokens = len(result.token_ids)
+        stats.new_tokens = len(stream.token_ids)
         stats.decode_seconds = time.perf_counter() - decode_started
         stats.stop_reason = stats.stop_reason or "max_new_tokens"
-        result.text = emitted if stats.stop_reason == "stop_string" else self.tokenizer.decode(result.token_ids)
-        if on_text is not None and len(result.text) > len(emitted):
-            on_text(result.text[len(emitted) :])
+        result.token_ids, result.text = stream.token_ids, stream.finish()
         return result
 
     def _tokens(
@@ -157,6 +144,40 @@ class Session(Generic[CacheT]):
                 logits = self.slide(self.context // 2)
                 stats.slides += 1
             logits = self.feed([token])
+
+
+class TextStream:
+    """The text of generated tokens as it becomes final, cut at the first stop string.
+
+    Each pushed token re-decodes all tokens so far and emits (to `on_text`) only the new part that can no longer
+    change: a trailing replacement character (usually half of a multi-byte character) and a tail that may be the
+    start of a stop string are held back until the next token decides."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...], on_text: Callable[[str], None] | None) -> None:
+        self.tokenizer, self.stop, self.on_text = tokenizer, stop, on_text
+        self.token_ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False
+
+    def push(self, token: int) -> bool:
+        """Add one generated token; True when a stop string has appeared (the text ends before it)."""
+        self.token_ids.append(token)
+        text = self.tokenizer.decode(self.token_ids)
+        stop_at = _first_stop(text, self.stop, len(self.emitted))
+        if stop_at is not None:
+            text, self.stopped = text[:stop_at], True
+        final = _without_partial_stop(text.rstrip("\ufffd"), self.stop) if stop_at is None else text
+        if len(final) > len(self.emitted) and self.on_text is not None:
+            self.on_text(final[len(self.emitted) :])
+        self.emitted = max(self.emitted, final, key=len)
+        return self.stopped
+
+    def finish(self) -> str:
+        """The whole text (up to a stop string), emitting whatever was held back."""
+        text = self.emitted if self.stopped else self.tokenizer.decode(self.token_ids)
+        if self.on_text is not None and len(text) > len(self.emitted):
+            self.on_text(text[len(self.emitted) :])
+        return text
 
 
 def _without_partial_stop(text: str, stops: tuple[str, ...]) -> str:

@@ -181,7 +181,7 @@ class GPT(nn.Module):
               └────────────────────── x ◀────────────────────┘   join in the decoder half, keep in the encoder half
             x ─▶ final_norm ─▶ output_head (head, softcap) ─▶ logits ─▶ cross-entropy with targets"""
         ctx = self._context(input_ids, cache)
-        x = x0 = self.input_stage(input_ids, ctx.start, cache)
+        x = x0 = self.input_stage(input_ids, ctx, cache)
         schedule = self.layer_schedule()
         skips = UNetSkips(self.skip_weights, self.skip_gates, len(schedule))
         for slot, index in enumerate(schedule):
@@ -194,15 +194,21 @@ class GPT(nn.Module):
 
     def _context(self, input_ids: Tensor, cache: KVCache | None) -> ForwardContext:
         """What the layer applications of a call share; first records the call's tokens where the cache keeps them."""
-        start = cache.length if cache is not None else 0
+        # Rows of a cache at different lengths (batched serving) get per-row positions; otherwise one start.
+        row_starts = cache.row_starts() if cache is not None else None
+        start = cache.length if cache is not None and row_starts is None else 0
+        selected = cache is not None and cache.rows is not None  # a subset of the cache's rows (batched serving)
+        previous = cache.previous_tokens() if selected else None
         if cache is not None and self.reads_token_history:
             cache.write_tokens(input_ids)
+        end = (start if row_starts is None else int(row_starts.max())) + input_ids.shape[1]
         history = None
         if self.config.doc_mask:
-            history = cache.tokens[:, : start + input_ids.shape[1]] if cache is not None else input_ids
-        mask, causal = attention_mask(input_ids.shape[1], start, history, self.config.bos_id, input_ids.device)
+            history = input_ids if cache is None else cache.selected_tokens(end) if selected else cache.tokens[:, :end]
+        mask, causal = attention_mask(input_ids.shape[1], start, history, self.config.bos_id, input_ids.device,
+                                      row_starts=row_starts)
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        return ForwardContext(start, mask, causal, value_embed)
+        return ForwardContext(start, mask, causal, value_embed, row_starts=row_starts, previous_tokens=previous)
 
 
 def projection_shape(config: ModelConfig, kind: str) -> tuple[int, int]:

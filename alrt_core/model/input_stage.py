@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from alrt_core.model.attention import rms_norm
+from alrt_core.model.attention import ForwardContext, rms_norm
 from alrt_core.model.embeddings_extra import BigramHash, PreviousTokenFeature, SmearGate, previous_tokens
 from alrt_core.model.kv_cache import KVCache
 
@@ -29,11 +29,13 @@ class InputStage:
         """Whether a KV-cached call needs the cache's token history (the token before the call)."""
         return bool(self.features)
 
-    def __call__(self, input_ids: Tensor, start: int, cache: KVCache | None) -> Tensor:
-        """x0 for `input_ids` at positions start..; `cache` holds the earlier tokens of a cached call."""
+    def __call__(self, input_ids: Tensor, ctx: ForwardContext, cache: KVCache | None) -> Tensor:
+        """x0 for `input_ids` at the call's positions; `cache` holds the earlier tokens of a cached call."""
         x = self.embed(input_ids)
         if self.features:
-            before = cache.tokens[:, start - 1] if cache is not None and start > 0 else None
+            before = ctx.previous_tokens  # rows at different lengths: each row's own previous token
+            if before is None and cache is not None and ctx.start > 0:
+                before = cache.tokens[:, ctx.start - 1]
             previous = previous_tokens(input_ids, before, self.bos_id)
             for feature in self.features:
                 x = feature(x, input_ids, previous, self.embed)

@@ -9,16 +9,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from cli_runner import ROOT
-from run_helpers import train_tiny
+from run_helpers import RunningServer, sample_key
 from typer.testing import CliRunner
 
 import serve.server
@@ -31,23 +28,19 @@ from export.artifact import write_artifact
 from export.loader import LoadedModel, load_model
 from export.quantize import QuantizeOptions, quantize_checkpoint
 from serve.chat import ChatTemplate
-from serve.server import ServeLimits, bind_socket, create_app
+from serve.limits import ServeLimits
 from serve.worker import Job
 
 GREEDY = SamplingConfig(temperature=0.0)
+# llama-server's names, in its order (its `cache_n`, prompt tokens reused from a cache, does not apply: none is kept).
+TIMINGS = ["prompt_n", "prompt_ms", "prompt_per_token_ms", "prompt_per_second", "predicted_n", "predicted_ms",
+           "predicted_per_token_ms", "predicted_per_second"]
 PROMPTS = ["KING.\nWhat news", "Thou art", "O, ", "MACBETH.\n"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(small_dataset, tmp_path_factory) -> Path:
-    run_dir = train_tiny(tmp_path_factory.mktemp("serve") / "run", small_dataset.root, "train.max_steps=8",
-                         "train.eval_every=8", "model.seq_len=128")
-    return run_dir / "last.pt"
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint) -> LoadedModel:
-    return load_model(checkpoint)
+def reference(serve_checkpoint) -> LoadedModel:
+    return load_model(serve_checkpoint)
 
 
 def expected(loaded: LoadedModel, prompt_ids: list[int], max_tokens: int, stop: tuple[str, ...] = ()) -> Generation:
@@ -63,40 +56,10 @@ def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
     return [loaded.tokenizer.bos_id, *loaded.tokenizer.encode(text)]
 
 
-class RunningServer:
-    """uvicorn on a free loopback port in a background thread."""
-
-    def __init__(self, loader: Callable[[], LoadedModel], limits: ServeLimits | None = None,
-                 before_job: Callable[[Job], None] | None = None, strict_model: bool = False) -> None:
-        self.app = create_app(loader, model_name="tiny", limits=limits or ServeLimits(threads=None), before_job=before_job,
-                              strict_model=strict_model)
-        self.worker = self.app.state.worker
-        sock = bind_socket("127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="x", max_retries=0, timeout=30)
-
-    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 20
-        while not condition():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
-
-    def health(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/health", timeout=10)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-
-
 @pytest.fixture(scope="module")
-def server(checkpoint) -> Iterator[RunningServer]:
-    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_queue=8, max_tokens_cap=64, threads=None))
+def server(serve_checkpoint) -> Iterator[RunningServer]:
+    running = RunningServer(lambda: load_model(serve_checkpoint),
+                            ServeLimits(max_queue=8, max_tokens_cap=64, threads=None))
     running.wait_until(lambda: running.health().status_code == 200, "the model to load")
     yield running
     running.stop()
@@ -172,6 +135,32 @@ def test_streaming_concatenates_to_the_greedy_text_and_ends_with_usage(server, r
     assert raw.headers["content-type"].startswith("text/event-stream") and raw.text.endswith("data: [DONE]\n\n")
 
 
+def test_answers_and_the_last_streamed_chunk_carry_llama_server_timings(server):
+    client = server.client()
+    messages = [{"role": "user", "content": "Good morrow."}]
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[3], max_tokens=10, temperature=0)
+    chat = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0)
+    for answer in (plain, chat):
+        assert_timings(answer.timings, answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    for chunks in (list(client.completions.create(model="tiny", prompt=PROMPTS[3], max_tokens=10, temperature=0,
+                                                  stream=True, stream_options={"include_usage": True})),
+                   list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=10, temperature=0,
+                                                       stream=True, stream_options={"include_usage": True}))):
+        with_timings = [chunk for chunk in chunks if "timings" in (chunk.model_extra or {})]
+        assert len(with_timings) == 1 and with_timings[0] is chunks[-2] and chunks[-2].choices[0].finish_reason
+        assert_timings(chunks[-2].timings, chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens)
+
+
+def assert_timings(timings: dict[str, float], prompt_tokens: int, completion_tokens: int) -> None:
+    assert list(timings) == TIMINGS
+    assert (timings["prompt_n"], timings["predicted_n"]) == (prompt_tokens, completion_tokens)
+    for part, count in (("prompt", prompt_tokens), ("predicted", completion_tokens)):
+        milliseconds = timings[f"{part}_ms"]
+        assert 0 < milliseconds < 30_000
+        assert timings[f"{part}_per_token_ms"] == pytest.approx(milliseconds / count)
+        assert timings[f"{part}_per_second"] == pytest.approx(1000 * count / milliseconds)
+
+
 @pytest.mark.parametrize(
     ("body", "param", "needle"),
     [
@@ -212,8 +201,8 @@ def test_any_model_name_is_answered_with_the_servers_id(server, reference):
     assert chunks and {chunk.model for chunk in chunks} == {"tiny"}
 
 
-def test_strict_model_refuses_other_names_with_an_openai_error(checkpoint, reference):
-    running = RunningServer(lambda: load_model(checkpoint), strict_model=True)
+def test_strict_model_refuses_other_names_with_an_openai_error(serve_checkpoint, reference):
+    running = RunningServer(lambda: load_model(serve_checkpoint), strict_model=True)
     try:
         running.wait_until(lambda: running.health().status_code == 200, "the model to load")
         client = running.client()
@@ -262,6 +251,41 @@ def test_models_and_health(server):
     assert health["status"] == "ok" and health["kind"] == "checkpoint" and health["context"] == 128
 
 
+def test_metrics_count_requests_by_status_tokens_and_latencies(server):
+    client = server.client()
+    before = server.metrics()  # a scrape: counted itself, on the next one
+    plain = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=5, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hail."}],
+                                                 max_tokens=5, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="tiny", prompt="x", max_tokens=65)
+    assert httpx.post(f"{server.url}/v1/completions", content=b"{nope",
+                      headers={"content-type": "application/json"}).status_code == 400
+    assert httpx.get(f"{server.url}/v1/nothing-here").status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("other")
+    after = server.metrics()
+    counted = {key: after[key] - before.get(key, 0) for key in after if key.startswith("alrt_requests_total{")}
+    assert {key: n for key, n in counted.items() if n} == {
+        sample_key("alrt_requests_total", {"endpoint": endpoint, "status": status}): n
+        for endpoint, status, n in [("/metrics", "200", 1), ("/v1/completions", "200", 1), ("/v1/completions", "400", 2),
+                                    ("/v1/chat/completions", "200", 1), ("unmatched", "404", 1),
+                                    ("/v1/models/{model_id}", "404", 1)]}
+
+    def grew(name: str) -> float:
+        return after[name] - before.get(name, 0)
+
+    usages = [plain.usage, chunks[-1].usage]
+    assert grew("alrt_prompt_tokens_total") == sum(usage.prompt_tokens for usage in usages)
+    assert grew("alrt_generated_tokens_total") == sum(usage.completion_tokens for usage in usages)
+    for histogram in ("alrt_time_to_first_token_seconds", "alrt_time_per_output_token_seconds"):
+        assert grew(f"{histogram}_count") == 2 and grew(f"{histogram}_sum") > 0
+        assert after[sample_key(f"{histogram}_bucket", {"le": "+Inf"})] == after[f"{histogram}_count"]
+    assert (after["alrt_queue_depth"], after["alrt_busy_slots"]) == (0, 0)
+    assert after["alrt_slots"] >= 1 and after["alrt_model_load_seconds"] > 0
+
+
 def test_concurrent_requests_all_get_their_own_answer(server, reference):
     client = server.client()
     answers: dict[str, str] = {}
@@ -307,9 +331,10 @@ class Gate:
             self.condition.notify_all()
 
 
-def test_full_queue_answers_429_and_the_waiting_requests_still_complete(checkpoint, reference):
+def test_full_queue_answers_429_and_the_waiting_requests_still_complete(serve_checkpoint, reference):
     gate = Gate()
-    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_queue=1, threads=None), before_job=gate)
+    running = RunningServer(lambda: load_model(serve_checkpoint), ServeLimits(max_queue=1, threads=None),
+                            before_job=gate)
     try:
         running.wait_until(lambda: running.health().status_code == 200, "the model to load")
         client = running.client()
@@ -339,9 +364,10 @@ def test_full_queue_answers_429_and_the_waiting_requests_still_complete(checkpoi
         running.stop()
 
 
-def test_a_client_that_disconnects_cancels_its_generation(checkpoint):
+def test_a_client_that_disconnects_cancels_its_generation(serve_checkpoint):
     gate = Gate()
-    running = RunningServer(lambda: load_model(checkpoint), ServeLimits(max_tokens_cap=64, threads=None), before_job=gate)
+    running = RunningServer(lambda: load_model(serve_checkpoint), ServeLimits(max_tokens_cap=64, threads=None),
+                            before_job=gate)
     try:
         running.wait_until(lambda: running.health().status_code == 200, "the model to load")
         port = int(running.url.rsplit(":", 1)[1])
@@ -355,14 +381,18 @@ def test_a_client_that_disconnects_cancels_its_generation(checkpoint):
             gate.let_one_pass()
         running.wait_until(lambda: running.health().json()["cancelled"] == 2, "both jobs to be dropped")
         assert running.health().json()["completed"] == 0
+        closed = sample_key("alrt_requests_total", {"endpoint": "/v1/completions", "status": "499"})
+        running.wait_until(lambda: running.metrics().get(closed) == 2, "both requests to be counted as 499")
+        completions = [key for key in running.metrics() if key.startswith('alrt_requests_total{endpoint="/v1/completions"')]
+        assert completions == [closed]
     finally:
         gate.open()
         running.stop()
 
 
-def test_health_is_503_while_loading_then_200(checkpoint):
+def test_health_is_503_while_loading_then_200(serve_checkpoint):
     loading = threading.Event()
-    running = RunningServer(lambda: (loading.wait(30), load_model(checkpoint))[1])
+    running = RunningServer(lambda: (loading.wait(30), load_model(serve_checkpoint))[1])
     try:
         running.wait_until(lambda: running.thread.is_alive() and _answers(running), "the socket")
         pending = running.health()
@@ -370,15 +400,20 @@ def test_health_is_503_while_loading_then_200(checkpoint):
         with pytest.raises(openai.InternalServerError) as caught:
             running.client().completions.create(model="tiny", prompt="x")
         assert caught.value.status_code == 503 and caught.value.body["code"] == "model_loading"
+        while_loading = running.metrics()  # /metrics answers while loading, and counts the 503s
+        assert while_loading[sample_key("alrt_requests_total", {"endpoint": "/v1/completions", "status": "503"})] == 1
+        assert while_loading[sample_key("alrt_requests_total", {"endpoint": "/health", "status": "503"})] >= 1
+        assert while_loading["alrt_model_load_seconds"] == 0
         loading.set()
         running.wait_until(lambda: running.health().status_code == 200, "the model to load")
         assert running.health().json()["status"] == "ok"
+        assert running.metrics()["alrt_model_load_seconds"] > 0
     finally:
         loading.set()
         running.stop()
 
 
-def test_a_model_that_fails_to_load_is_reported_on_health(checkpoint):
+def test_a_model_that_fails_to_load_is_reported_on_health(serve_checkpoint):
     def broken() -> LoadedModel:
         raise UserError("model.alrt: truncated artifact (5 of 9 bytes)")
 
@@ -403,7 +438,7 @@ def _answers(running: RunningServer) -> bool:
     return True
 
 
-def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, reference):
+def test_cli_serves_an_artifact_and_refuses_bad_paths(serve_checkpoint, tmp_path, reference):
     # Refused before the port is bound (the CLI prints a UserError as one line and exits 2).
     with pytest.raises(UserError, match="no such model file: .*missing.alrt"):
         serve_cmd.serve(tmp_path / "missing.alrt", port=0)
@@ -411,9 +446,9 @@ def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, refe
     with pytest.raises(UserError, match="neither a .alrt artifact, a training checkpoint nor an .onnx export"):
         serve_cmd.serve(tmp_path / "junk.bin", port=0)
     with pytest.raises(UserError, match="--max-queue must be at least 1"):
-        serve_cmd.serve(checkpoint, port=0, max_queue=0)
+        serve_cmd.serve(serve_checkpoint, port=0, max_queue=0)
     artifact = tmp_path / "model.alrt"
-    write_artifact(artifact, quantize_checkpoint(checkpoint, QuantizeOptions(calib_tokens=2048, small_max=0)).data)
+    write_artifact(artifact, quantize_checkpoint(serve_checkpoint, QuantizeOptions(calib_tokens=2048, small_max=0)).data)
     process = subprocess.Popen([sys.executable, "-m", "alrt_cli", "serve", str(artifact), "--port", "0"],
                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -435,7 +470,7 @@ def test_cli_serves_an_artifact_and_refuses_bad_paths(checkpoint, tmp_path, refe
         process.wait(20)
 
 
-def test_cli_strict_model_flag_reaches_the_server(checkpoint, monkeypatch):
+def test_cli_strict_model_flag_reaches_the_server(serve_checkpoint, monkeypatch):
     made: list[dict] = []
     real_create_app = serve.server.create_app
 
@@ -447,6 +482,6 @@ def test_cli_strict_model_flag_reaches_the_server(checkpoint, monkeypatch):
     monkeypatch.setattr(serve.server, "create_app", recording_create_app)
     monkeypatch.setattr(serve.server, "run_server", lambda app, sock, access_log=False: sock.close())
     for flags in ([], ["--strict-model"]):
-        result = CliRunner().invoke(cli_app, ["serve", str(checkpoint), "--port", "0", *flags], catch_exceptions=False)
+        result = CliRunner().invoke(cli_app, ["serve", str(serve_checkpoint), "--port", "0", *flags], catch_exceptions=False)
         assert result.exit_code == 0, result.output
     assert [(kwargs["model_name"], kwargs["strict_model"]) for kwargs in made] == [("last", False), ("last", True)]
