@@ -196,11 +196,17 @@ class ModelWorker:
                 self._post_done(rows.pop(id(request)), generation)
             self._set_running(list(rows.values()))
 
-    def _admit(self, engine: BatchedGenerator, rows: dict[int, Job], job: Job) -> None:
+    def _still_wanted(self, job: Job) -> bool:
+        """Whether a job just taken from the queue should run (its client may have gone while it waited)."""
         if self.before_job is not None:
             self.before_job(job)  # a test hook: holds the worker here to fill the queue deterministically
         if job.cancelled.is_set():
             self.counts.cancelled += 1
+            return False
+        return True
+
+    def _admit(self, engine: BatchedGenerator, rows: dict[int, Job], job: Job) -> None:
+        if not self._still_wanted(job):
             return
         request = BatchRequest(job.prompt_ids, job.max_tokens, job.sampling, job.stop,
                                on_text=(lambda piece: job.post("text", piece)) if job.stream else None,
@@ -240,10 +246,7 @@ class ModelWorker:
 
     def _serve_alone(self, session: Session, job: Job) -> None:
         """One job at a time (a decoder without per-row positions)."""
-        if self.before_job is not None:
-            self.before_job(job)
-        if job.cancelled.is_set():
-            self.counts.cancelled += 1
+        if not self._still_wanted(job):
             return
         self._set_running([job])
         try:

@@ -44,7 +44,6 @@ class _Row:
     generator: torch.Generator | None
     history: list[int]  # every token whose keys/values are in this row
     logits: torch.Tensor  # the next token's logits
-    started: float
     decode_started: float
     result: Generation = field(default_factory=Generation)
 
@@ -89,9 +88,8 @@ class BatchedGenerator:
         logits = self._forward([row], torch.tensor([prompt], dtype=torch.long))[0]
         result.stats.time_to_first_token = time.perf_counter() - started
         generator = seeded_generator(request.sampling.seed, logits)
-        now = time.perf_counter()
         self.rows[row] = _Row(request, TextStream(self.tokenizer, request.stop, request.on_text), generator,
-                              list(prompt), logits, started, now, result)
+                              list(prompt), logits, time.perf_counter(), result)
         if request.max_new_tokens <= 0:
             return self._finish(row, "max_new_tokens")
         return None

@@ -30,18 +30,16 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: Tensor, start: int, row_starts: Tensor | None = None) -> Tensor:
-        """Rotate x of shape (batch, heads, time, head_dim) for positions start .. start+time-1, or for row b
-        positions row_starts[b] .. row_starts[b]+time-1."""
+    def forward(self, x: Tensor, start: int, positions: Tensor | None = None) -> Tensor:
+        """Rotate x of shape (batch, heads, time, head_dim) for positions start .. start+time-1, or for the per-row
+        `positions` (batch, time) of cached rows at different lengths (the cache has bounded them)."""
         length = x.shape[2]
-        last = start + length if row_starts is None else int(row_starts.max()) + length
-        if last > self.cos.shape[0]:
-            raise ValueError(f"positions up to {last} exceed the RoPE table of {self.cos.shape[0]}")
-        if row_starts is None:
+        if positions is None:
+            if start + length > self.cos.shape[0]:
+                raise ValueError(f"positions up to {start + length} exceed the RoPE table of {self.cos.shape[0]}")
             cos = self.cos[start : start + length].to(x.dtype)
             sin = self.sin[start : start + length].to(x.dtype)
         else:  # (batch, 1, time, rotary/2): the same table entries, gathered per row
-            positions = row_starts[:, None] + torch.arange(length, device=row_starts.device)
             cos, sin = self.cos[positions][:, None].to(x.dtype), self.sin[positions][:, None].to(x.dtype)
         rotated, passthrough = x[..., : self.rotary_dims], x[..., self.rotary_dims :]
         half = self.rotary_dims // 2
@@ -59,25 +57,24 @@ class ForwardContext:
     causal: bool  # SDPA's is_causal when there is no mask
     value_embed: Tensor | None = None  # (batch, time, kv_dim) value embeddings, when some block adds them
     v_first: Tensor | None = None  # value residual: the first layer application's V, set by it
-    row_starts: Tensor | None = None  # (batch,) each row's first position when cached rows differ in length
+    positions: Tensor | None = None  # (batch, time) each row's query positions when cached rows differ in length
     previous_tokens: Tensor | None = None  # (batch,) each such row's token before the call (SmearGate, BigramHash)
 
 
 def attention_mask(length: int, start: int, history: Tensor | None, bos_id: int, device: torch.device, *,
-                   row_starts: Tensor | None = None) -> tuple[Tensor | None, bool]:
-    """(mask, is_causal) for `length` queries after `start` cached positions (or after row_starts[b] in row b).
+                   positions: Tensor | None = None) -> tuple[Tensor | None, bool]:
+    """(mask, is_causal) for `length` queries after `start` cached positions (or at `positions`, batch × time).
 
     `history` (batch, start + length), the token ids of the cached prefix and the call, turns on the document
     mask: a query sees only keys of its own document, where a document starts at each BOS (cumulative BOS count).
-    Rows at different lengths: query t of row b sees keys up to row_starts[b] + t, so a shorter row never reads
-    the positions past its own end that the longer rows' keys fill."""
-    if row_starts is not None:
-        end = int(row_starts.max()) + length
-        queries = row_starts[:, None] + torch.arange(length, device=device)  # (batch, queries)
-        allowed = torch.arange(end, device=device)[None, None, :] <= queries[:, :, None]
+    Rows at different lengths: a query at position p of its row sees keys up to p, so a shorter row never reads the
+    positions past its own end that the longer rows' keys fill."""
+    if positions is not None:
+        keys = torch.arange(int(positions[:, -1].max()) + 1, device=device)
+        allowed = keys[None, None, :] <= positions[:, :, None]
         if history is not None:
             document = torch.cumsum((history == bos_id).to(torch.int32), dim=1)
-            allowed = allowed & (document[:, None, :] == document.gather(1, queries)[:, :, None])
+            allowed = allowed & (document[:, None, :] == document.gather(1, positions)[:, :, None])
         return allowed[:, None], False
     if history is None:
         if start == 0:
@@ -139,7 +136,8 @@ class Attention(nn.Module):
         q = self.q(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self._values(x, ctx)
-        q, k = self.rotary(self.qk_norm(q), ctx.start, ctx.row_starts), self.rotary(self.qk_norm(k), ctx.start, ctx.row_starts)
+        q = self.rotary(self.qk_norm(q), ctx.start, ctx.positions)
+        k = self.rotary(self.qk_norm(k), ctx.start, ctx.positions)
         q = q * self.q_gain.to(q.dtype)[None, :, None, None]
         keys, values = (k, v) if cache is None else cached_keys_values(cache, slot, k, v, q.dtype)
         return self._output(grouped_attention(q, keys, values, ctx), v, x)

@@ -195,20 +195,21 @@ class GPT(nn.Module):
     def _context(self, input_ids: Tensor, cache: KVCache | None) -> ForwardContext:
         """What the layer applications of a call share; first records the call's tokens where the cache keeps them."""
         # Rows of a cache at different lengths (batched serving) get per-row positions; otherwise one start.
+        length = input_ids.shape[1]
         row_starts = cache.row_starts() if cache is not None else None
+        positions = None if row_starts is None else row_starts[:, None] + torch.arange(length, device=input_ids.device)
         start = cache.length if cache is not None and row_starts is None else 0
         selected = cache is not None and cache.rows is not None  # a subset of the cache's rows (batched serving)
-        previous = cache.previous_tokens() if selected else None
+        previous = cache.previous_tokens() if selected and self.reads_token_history else None
         if cache is not None and self.reads_token_history:
             cache.write_tokens(input_ids)
-        end = (start if row_starts is None else int(row_starts.max())) + input_ids.shape[1]
         history = None
         if self.config.doc_mask:
+            end = start + length if positions is None else int(positions[:, -1].max()) + 1
             history = input_ids if cache is None else cache.selected_tokens(end) if selected else cache.tokens[:, :end]
-        mask, causal = attention_mask(input_ids.shape[1], start, history, self.config.bos_id, input_ids.device,
-                                      row_starts=row_starts)
+        mask, causal = attention_mask(length, start, history, self.config.bos_id, input_ids.device, positions=positions)
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
-        return ForwardContext(start, mask, causal, value_embed, row_starts=row_starts, previous_tokens=previous)
+        return ForwardContext(start, mask, causal, value_embed, positions=positions, previous_tokens=previous)
 
 
 def projection_shape(config: ModelConfig, kind: str) -> tuple[int, int]:

@@ -45,12 +45,14 @@ class KVCache:
         self.rows: list[int] | None = None  # the rows the next forward call reads and extends; None: every row
         self._row_index: Tensor | None = None
         self._row_span: slice | None = None
+        self._call_positions: Tensor | None = None  # `_positions` of the current call
 
     def select(self, rows: Sequence[int] | None) -> None:
         """Make the next forward calls read and extend `rows` (in that order: input row i is cache row rows[i]),
         or every row again (None)."""
         if rows is not None and (not rows or len(set(rows)) != len(rows) or not all(0 <= r < len(self.lengths) for r in rows)):
             raise ValueError(f"rows must be distinct rows of the {len(self.lengths)} in the cache, got {list(rows)}")
+        self._call_positions = None
         self.rows = None if rows is None else list(rows)
         self._row_index = None if rows is None else torch.tensor(self.rows, dtype=torch.long, device=self.keys.device)
         # Consecutive ascending rows are read as a view; any other selection is gathered (a copy per slot).
@@ -86,9 +88,12 @@ class KVCache:
             raise ValueError(f"KV cache full: {fullest} + {new} positions exceed its {self.max_len}")
 
     def _positions(self, new: int) -> Tensor:
-        """(rows, new) cache positions of this call's tokens in each selected row."""
-        starts = torch.tensor(self._selected(), dtype=torch.long, device=self.keys.device)
-        return starts[:, None] + torch.arange(new, device=self.keys.device)
+        """(rows, new) cache positions of this call's tokens in each selected row: built once per call and shared by
+        every slot's write (the lengths move only in `advance`, `truncate` and `select`)."""
+        if self._call_positions is None or self._call_positions.shape[1] != new:
+            starts = torch.tensor(self._selected(), dtype=torch.long, device=self.keys.device)
+            self._call_positions = starts[:, None] + torch.arange(new, device=self.keys.device)
+        return self._call_positions
 
     def write(self, slot: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Store this call's keys/values in `slot` (a layer application, not a block: see the module doc) and
@@ -127,11 +132,12 @@ class KVCache:
     def previous_tokens(self) -> Tensor:
         """Each selected row's last recorded token (the one before this call's), NO_TOKEN for an empty row."""
         lengths = torch.tensor(self._selected(), dtype=torch.long, device=self.tokens.device)
-        tokens = self.selected_tokens(self.max_len)
-        last = tokens.gather(1, (lengths - 1).clamp_min(0)[:, None])[:, 0]
+        rows = self._row_index if self._row_index is not None else torch.arange(len(self.lengths), device=self.tokens.device)
+        last = self.tokens[rows, (lengths - 1).clamp_min(0)]
         return torch.where(lengths > 0, last, torch.full_like(last, NO_TOKEN))
 
     def advance(self, count: int) -> None:
+        self._call_positions = None
         for row in self.rows if self.rows is not None else range(len(self.lengths)):
             self.lengths[row] += count
 
@@ -140,5 +146,6 @@ class KVCache:
         current = self._selected()
         if not all(0 <= length <= row_length for row_length in current):
             raise ValueError(f"cannot truncate a cache of length {max(current)} to {length}")
+        self._call_positions = None
         for row in self.rows if self.rows is not None else range(len(self.lengths)):
             self.lengths[row] = length
