@@ -64,6 +64,7 @@ def generate(
     user_name: Annotated[str, typer.Option(help="Chat: the speaker name of your turns.")] = ChatTemplate.user,
     bot_name: Annotated[str, typer.Option(help="Chat: the speaker name of the model's turns.")] = ChatTemplate.bot,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
+    compile_decode: Annotated[bool, typer.Option("--compile", help="Decode through a compiled step over a static KV cache (CUDA graphs on CUDA): ~3x faster per token on CPU, after a compile of tens of seconds; falls back to eager if compiling fails.")] = False,
 ) -> None:
     """KV-cached generation from an artifact or checkpoint; streaming text on stdout, stats on stderr."""
     sampling = SamplingConfig(temperature, top_k, top_p, repetition_penalty, seed)
@@ -71,8 +72,15 @@ def generate(
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     loaded = load_model(model_path, device=device, allow_onnx=True)
-    session = Session(loaded.model, loaded.tokenizer)
     errors = Console(stderr=True, highlight=False)
+    if compile_decode and loaded.kind == "onnx":
+        raise UserError("--compile needs a torch model (a .alrt artifact or a checkpoint), not an ONNX export")
+    if compile_decode:
+        errors.print("[dim]compiling the decode step...[/]")
+    session = Session(loaded.model, loaded.tokenizer, compile_decode=compile_decode)
+    step = session.decode_step
+    if step is not None and step.fallback_reason is None and step.compile_seconds is not None:
+        errors.print(f"[dim]decode step compiled in {step.compile_seconds:.0f} s[/]")
     interactive = chat or (prompt is None and sys.stdin.isatty())
     if interactive:
         _chat(ChatSession(session, ChatTemplate(user_name, bot_name), sampling, max_new_tokens), errors, loaded)

@@ -3,9 +3,11 @@
     python benchmarks/generate_speed.py --model runs/a/model.alrt [--new-tokens 128] [--recompute-tokens 512]
                                         [--prompt-tokens 32] [--rounds 3] [--threads K] [--json]
 
-Three measurements, each greedy, batch 1, fp32 on CPU (the precision `alrt generate` uses), interleaved over rounds
+Measurements, each greedy, batch 1, fp32 on CPU (the precision `alrt generate` uses), interleaved over rounds
 (median reported):
 - ours: `alrt_core.inference.session.Session.generate` — the code behind `alrt generate` — end to end (prefill + decode);
+- ours compiled: the same with `compile_decode=True` (`alrt generate --compile`: a compiled decode step over a static
+  KV cache); its one-off compile, done before the first round, is reported apart and not in the per-token time;
 - ours on onnxruntime: the same `Session` over the model exported by `alrt export onnx` (what
   `alrt generate model.onnx` runs; the export itself, done once per model, is not timed);
 - reference: `LlamaForCausalLM.generate` (`transformers`, KV cache on, `min_new_tokens` = `max_new_tokens`) on a
@@ -56,8 +58,11 @@ def with_context(model: GPT, length: int) -> GPT:
     return longer.eval()
 
 
-def cached_greedy(model: GPT, tokenizer: Any, prompt: list[int], new_tokens: int) -> tuple[list[int], float]:
-    session = Session(model, tokenizer)
+def cached_greedy(model: Any, tokenizer: Any, prompt: list[int], new_tokens: int,
+                  session: Session | None = None) -> tuple[list[int], float]:
+    if session is None:
+        session = Session(model, tokenizer)
+    session.reset()
     started = time.perf_counter()
     result = session.generate(prompt, max_new_tokens=new_tokens, sampling=GREEDY)
     return result.token_ids, time.perf_counter() - started
@@ -110,13 +115,20 @@ def main() -> None:
 
     onnx_decoder, _ = decoder_from_session(create_session(onnx_model_bytes(short_model, tokenizer, "benchmark")[1],
                                                           threads=args.threads))
-    times: dict[str, list[float]] = {"ours": [], "ours_onnx": [], "reference": [], "cached_long": [], "recompute_long": []}
+    compiled_session = Session(short_model, tokenizer, compile_decode=True)
+    decode_step = compiled_session.decode_step
+    assert decode_step is not None
+    times: dict[str, list[float]] = {"ours": [], "ours_compiled": [], "ours_onnx": [], "reference": [],
+                                     "cached_long": [], "recompute_long": []}
     ours_tokens = args.new_tokens
-    identical = True
+    identical = compiled_identical = True
     for _ in range(args.rounds):
         tokens, seconds = cached_greedy(short_model, tokenizer, prompt, args.new_tokens)
         ours_tokens = len(tokens)
         times["ours"].append(seconds / len(tokens))
+        compiled_tokens, seconds = cached_greedy(short_model, tokenizer, prompt, args.new_tokens, compiled_session)
+        times["ours_compiled"].append(seconds / len(compiled_tokens))
+        compiled_identical = compiled_identical and compiled_tokens == tokens
         onnx_tokens, seconds = cached_greedy(onnx_decoder, tokenizer, prompt, args.new_tokens)
         times["ours_onnx"].append(seconds / len(onnx_tokens))
         identical = identical and onnx_tokens == tokens
@@ -135,6 +147,10 @@ def main() -> None:
         "recompute_tokens": args.recompute_tokens, "rounds": args.rounds, "threads": torch.get_num_threads(),
         "tokens_per_second": {side: 1.0 / seconds for side, seconds in per_token.items()},
         "ours_vs_reference": per_token["reference"] / per_token["ours"],
+        "ours_compiled_vs_reference": per_token["reference"] / per_token["ours_compiled"],
+        "ours_compiled_vs_ours": per_token["ours"] / per_token["ours_compiled"],
+        "compile_seconds": decode_step.compile_seconds, "compile_fallback": decode_step.fallback_reason,
+        "compiled_tokens_identical": compiled_identical,
         "ours_onnx_vs_reference": per_token["reference"] / per_token["ours_onnx"],
         "cache_vs_recompute": per_token["recompute_long"] / per_token["cached_long"],
         "greedy_tokens_identical": identical,
@@ -155,6 +171,9 @@ def report(result: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column != "side" else "left")
     table.add_row("ours (KV cache, alrt generate)", str(result["new_tokens"]), f"{rate['ours']:.1f}",
                   f"{result['ours_vs_reference']:.2f}× reference")
+    table.add_row(f"ours, compiled decode step (alrt generate --compile; compile {result['compile_seconds']:.0f} s once)",
+                  str(result["new_tokens"]), f"{rate['ours_compiled']:.1f}",
+                  f"{result['ours_compiled_vs_reference']:.2f}× reference")
     table.add_row("ours on onnxruntime (alrt generate model.onnx)", str(result["new_tokens"]),
                   f"{rate['ours_onnx']:.1f}", f"{result['ours_onnx_vs_reference']:.2f}× reference")
     table.add_row(f"HF Llama generate ({result['reference_params']:,} params)", str(result["new_tokens"]),
@@ -164,7 +183,10 @@ def report(result: dict[str, Any]) -> None:
     table.add_row("ours, full recompute", str(result["recompute_tokens"]), f"{rate['recompute_long']:.1f}", "1.00×")
     console = Console()
     console.print(table)
-    console.print(f"greedy tokens identical (cache vs recompute, torch vs onnxruntime): {result['greedy_tokens_identical']}; "
+    if result["compile_fallback"]:
+        console.print(f"the compiled step fell back to eager: {result['compile_fallback']}")
+    console.print(f"greedy tokens identical: compiled vs eager {result['compiled_tokens_identical']}; "
+                  f"cache vs recompute, torch vs onnxruntime {result['greedy_tokens_identical']}; "
                   f"written to {RESULTS}")
 
 

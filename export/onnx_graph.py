@@ -55,9 +55,13 @@ class ConcatKVCache:
         self.present_values: list[Tensor | None] = [None] * past_keys.shape[0]
         self.new_tokens: Tensor | None = None  # set by write_tokens: the model reads the token history
         self.rows = None  # every row, all at one past length (the graph has no per-row positions)
+        self.per_row = False
 
     def row_starts(self) -> None:
         return None
+
+    def check_room(self, new: int) -> None:
+        """Nothing to check while tracing: the past length is symbolic; `OnnxCache` checks room at run time."""
 
     @property
     def remaining(self) -> int:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic
+from typing import Generic, cast
 
 import torch
 
 from alrt_core.data.tokenizer import Tokenizer
+from alrt_core.inference.decode_step import CompiledDecodeStep
 from alrt_core.inference.decoder import CacheT, Decoder
 from alrt_core.inference.sampling import SamplingConfig, next_token, seeded_generator
+from alrt_core.model.gpt import GPT
+from alrt_core.model.kv_cache import StaticKVCache
 
 
 @dataclass
@@ -46,11 +49,23 @@ class Generation:
 class Session(Generic[CacheT]):
     """A model with its own KV cache holding a token history (the prompt so far, and what was generated)."""
 
-    def __init__(self, model: Decoder[CacheT], tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: Decoder[CacheT], tokenizer: Tokenizer, *, dtype: torch.dtype = torch.float32,
+                 compile_decode: bool = False) -> None:
+        """`compile_decode` (a `GPT` only): decode one token per call through a compiled step over a static cache
+        (`CompiledDecodeStep`), compiled here before the first prompt; the prompt itself is prefilled eagerly."""
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device = model.device
         self.context = model.config.seq_len
-        self.cache: CacheT = model.new_cache(batch_size=1, dtype=dtype)
+        self.decode_step: CompiledDecodeStep | None = None
+        self.cache: CacheT
+        if compile_decode:
+            if not isinstance(model, GPT):
+                raise ValueError("only a torch model (checkpoint or .alrt artifact) has a compiled decode step")
+            self.cache = cast(CacheT, model.new_cache(batch_size=1, dtype=dtype, static=True))
+            self.decode_step = CompiledDecodeStep(model)
+            self.decode_step.warm_up(cast(StaticKVCache, self.cache))
+        else:
+            self.cache = model.new_cache(batch_size=1, dtype=dtype)
         self.history: list[int] = []  # every token whose keys/values are in the cache
 
     def reset(self) -> None:
@@ -69,7 +84,10 @@ class Session(Generic[CacheT]):
         if len(ids) > self.cache.remaining:
             raise ValueError(f"{len(ids)} tokens do not fit the {self.cache.remaining} left in the context")
         inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
-        logits = self.model(inputs, cache=self.cache, logits_from=len(ids) - 1)
+        if self.decode_step is not None and len(ids) == 1:
+            logits = self.decode_step(inputs, cast(StaticKVCache, self.cache))
+        else:
+            logits = self.model(inputs, cache=self.cache, logits_from=len(ids) - 1)
         self.history += ids
         return logits[0, -1]
 

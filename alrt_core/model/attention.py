@@ -62,15 +62,17 @@ class ForwardContext:
 
 
 def attention_mask(length: int, start: int, history: Tensor | None, bos_id: int, device: torch.device, *,
-                   positions: Tensor | None = None) -> tuple[Tensor | None, bool]:
+                   positions: Tensor | None = None, key_count: int | None = None) -> tuple[Tensor | None, bool]:
     """(mask, is_causal) for `length` queries after `start` cached positions (or at `positions`, batch × time).
 
     `history` (batch, start + length), the token ids of the cached prefix and the call, turns on the document
     mask: a query sees only keys of its own document, where a document starts at each BOS (cumulative BOS count).
     Rows at different lengths: a query at position p of its row sees keys up to p, so a shorter row never reads the
-    positions past its own end that the longer rows' keys fill."""
+    positions past its own end that the longer rows' keys fill. Per-row calls read `key_count` cached keys (the
+    longest row's, or all of a static cache's)."""
     if positions is not None:
-        keys = torch.arange(int(positions[:, -1].max()) + 1, device=device)
+        assert key_count is not None
+        keys = torch.arange(key_count, device=device)
         allowed = keys[None, None, :] <= positions[:, :, None]
         if history is not None:
             document = torch.cumsum((history == bos_id).to(torch.int32), dim=1)
@@ -182,11 +184,12 @@ def grouped_attention(q: Tensor, k: Tensor, v: Tensor, ctx: ForwardContext) -> T
     query heads."""
     batch, heads, length, dim = q.shape
     repeat = heads // k.shape[1]
-    if repeat > 1 and length == 1 and ctx.mask is None:
+    if repeat > 1 and length == 1:
         # One decoding query per head: the `repeat` query heads of a KV group become `repeat` queries of that
-        # group, so SDPA reads the cached K/V in place instead of a copy repeated over the whole context.
+        # group, so SDPA reads the cached K/V in place instead of a copy repeated over the whole context. A
+        # per-row mask (batch, 1, 1, keys) applies to every query of the group alike.
         grouped = q.view(batch, k.shape[1], repeat, dim)
-        return F.scaled_dot_product_attention(grouped, k, v).view(batch, heads, 1, dim)
+        return F.scaled_dot_product_attention(grouped, k, v, attn_mask=ctx.mask).view(batch, heads, 1, dim)
     if repeat > 1:
         # Repeating K/V keeps the fused SDPA kernels on every backend (enable_gqa is not everywhere).
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)

@@ -22,7 +22,7 @@ from alrt_core.model.attention import Attention, ForwardContext, Rotary, attenti
 from alrt_core.model.embeddings_extra import BigramHash, SmearGate, ValueEmbedding
 from alrt_core.model.factorized import FactorizedLinear
 from alrt_core.model.input_stage import InputStage
-from alrt_core.model.kv_cache import KVCache
+from alrt_core.model.kv_cache import KVCache, StaticKVCache
 from alrt_core.model.layer_sets import parse_layer_set
 from alrt_core.model.output_head import OutputHead, token_cross_entropy
 from alrt_core.model.recurrence import DepthRecurrence
@@ -163,9 +163,12 @@ class GPT(nn.Module):
         """The block run at each layer application of the next forward call."""
         return self.recurrence.schedule(self.training)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype = torch.float32) -> KVCache:
+    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype = torch.float32, *,
+                  static: bool = False) -> KVCache:
+        """A cache for `batch_size` rows; `static` gives fixed shapes for a compiled decode step (`StaticKVCache`)."""
         config = self.config
-        return KVCache(
+        kind = StaticKVCache if static else KVCache
+        return kind(
             len(self.recurrence.looped), batch_size, config.num_kv_heads, max_len or config.seq_len, config.head_dim,
             dtype=dtype, device=self.embed.weight.device,
         )
@@ -194,20 +197,25 @@ class GPT(nn.Module):
 
     def _context(self, input_ids: Tensor, cache: KVCache | None) -> ForwardContext:
         """What the layer applications of a call share; first records the call's tokens where the cache keeps them."""
-        # Rows of a cache at different lengths (batched serving) get per-row positions; otherwise one start.
+        # Rows of a cache at different lengths (batched serving), or of a static cache, get per-row positions;
+        # otherwise the call has one start.
         length = input_ids.shape[1]
+        if cache is not None:
+            cache.check_room(length)
         row_starts = cache.row_starts() if cache is not None else None
         positions = None if row_starts is None else row_starts[:, None] + torch.arange(length, device=input_ids.device)
         start = cache.length if cache is not None and row_starts is None else 0
-        selected = cache is not None and cache.rows is not None  # a subset of the cache's rows (batched serving)
-        previous = cache.previous_tokens() if selected and self.reads_token_history else None
+        per_row = cache is not None and cache.per_row  # rows read at their own positions
+        previous = cache.previous_tokens() if per_row and self.reads_token_history else None
         if cache is not None and self.reads_token_history:
             cache.write_tokens(input_ids)
+        key_count = None if cache is None or positions is None else cache.key_count(positions)
         history = None
         if self.config.doc_mask:
-            end = start + length if positions is None else int(positions[:, -1].max()) + 1
-            history = input_ids if cache is None else cache.selected_tokens(end) if selected else cache.tokens[:, :end]
-        mask, causal = attention_mask(length, start, history, self.config.bos_id, input_ids.device, positions=positions)
+            end = start + length if key_count is None else key_count
+            history = input_ids if cache is None else cache.selected_tokens(end) if per_row else cache.tokens[:, :end]
+        mask, causal = attention_mask(length, start, history, self.config.bos_id, input_ids.device, positions=positions,
+                                      key_count=key_count)
         value_embed = self.value_embed(input_ids) if self.value_embed is not None else None
         return ForwardContext(start, mask, causal, value_embed, positions=positions, previous_tokens=previous)
 

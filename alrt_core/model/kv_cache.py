@@ -82,7 +82,8 @@ class KVCache:
         """Positions left in the fullest selected row."""
         return self.max_len - max(self._selected())
 
-    def _check_room(self, new: int) -> None:
+    def check_room(self, new: int) -> None:
+        """Raise unless `new` positions fit every selected row (the model checks before a call writes anything)."""
         fullest = max(self._selected())
         if fullest + new > self.max_len:
             raise ValueError(f"KV cache full: {fullest} + {new} positions exceed its {self.max_len}")
@@ -99,7 +100,6 @@ class KVCache:
         """Store this call's keys/values in `slot` (a layer application, not a block: see the module doc) and
         return all cached ones of that slot up to and including them (up to the longest selected row)."""
         new = keys.shape[2]
-        self._check_room(new)
         if self.rows is None:
             start = self.length
             end = start + new
@@ -117,7 +117,6 @@ class KVCache:
 
     def write_tokens(self, input_ids: Tensor) -> None:
         """Record this call's token ids at each row's next positions (before the layers run)."""
-        self._check_room(input_ids.shape[1])
         if self.rows is None:
             start = self.length
             self.tokens[:, start : start + input_ids.shape[1]] = input_ids
@@ -149,3 +148,87 @@ class KVCache:
         self._call_positions = None
         for row in self.rows if self.rows is not None else range(len(self.lengths)):
             self.lengths[row] = length
+
+    def key_count(self, positions: Tensor) -> int:
+        """How many cached positions a call at per-row `positions` (rows, new) reads: up to its longest row."""
+        return int(positions[:, -1].max()) + 1
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each row is read at its own positions (a selection of rows), not at one shared length."""
+        return self.rows is not None
+
+
+class StaticKVCache(KVCache):
+    """Fixed shapes for a compiled decode step (gpt-fast's static cache).
+
+    Each row's next position lives in a tensor (`position`), and every call reads all `max_len` cached positions,
+    with the keys past each row's own position masked out. A one-token call then has the same shapes and the same
+    Python control flow at every step, so one compiled graph (one CUDA graph) serves the whole generation: nothing
+    in it reads a length back to the host. The host-side checks (`remaining`, `truncate`) read the tensor outside
+    the compiled step. Rows are always read all together (no `select`)."""
+
+    def __init__(self, num_slots: int, batch_size: int, num_kv_heads: int, max_len: int, head_dim: int, *,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        self.position = torch.zeros(batch_size, dtype=torch.long, device=device)
+        super().__init__(num_slots, batch_size, num_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self._all_rows = torch.arange(batch_size, device=device)
+        if self.keys.is_cuda:
+            # CUDA graphs replay fixed addresses: the buffers the step writes in place must never move.
+            for buffer in (self.keys, self.values, self.tokens, self.position):
+                torch._dynamo.mark_static_address(buffer)
+
+    @property  # type: ignore[override]
+    def lengths(self) -> list[int]:
+        return [int(value) for value in self.position.tolist()]
+
+    @lengths.setter
+    def lengths(self, values: list[int]) -> None:
+        self.position.copy_(torch.tensor(values, dtype=torch.long))
+
+    @property
+    def per_row(self) -> bool:
+        return True
+
+    def select(self, rows: Sequence[int] | None) -> None:
+        if rows is not None:
+            raise ValueError("a static cache reads all its rows in every call")
+
+    def row_starts(self) -> Tensor:
+        return self.position
+
+    def key_count(self, positions: Tensor) -> int:
+        return self.max_len
+
+    def check_room(self, new: int) -> None:
+        if not torch.compiler.is_compiling():  # the host-side check; a compiled step never reads lengths back
+            super().check_room(new)
+
+    def _positions(self, new: int) -> Tensor:
+        return self.position[:, None] + torch.arange(new, device=self.position.device)
+
+    def write(self, slot: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        new = keys.shape[2]
+        rows, positions = self._all_rows[:, None].expand(-1, new), self._positions(new)
+        self.keys[slot][rows, :, positions] = keys.transpose(1, 2).to(self.keys.dtype)
+        self.values[slot][rows, :, positions] = values.transpose(1, 2).to(self.values.dtype)
+        return self.keys[slot], self.values[slot]
+
+    def write_tokens(self, input_ids: Tensor) -> None:
+        self.tokens[self._all_rows[:, None], self._positions(input_ids.shape[1])] = input_ids
+
+    def selected_tokens(self, end: int) -> Tensor:
+        return self.tokens
+
+    def previous_tokens(self) -> Tensor:
+        last = self.tokens[self._all_rows, (self.position - 1).clamp_min(0)]
+        return torch.where(self.position > 0, last, torch.full_like(last, NO_TOKEN))
+
+    def advance(self, count: int) -> None:
+        self.position.add_(count)
+
+    def truncate(self, length: int) -> None:
+        current = self.lengths
+        if not all(0 <= length <= row_length for row_length in current):
+            raise ValueError(f"cannot truncate a cache of length {max(current)} to {length}")
+        self.position.fill_(length)
