@@ -62,7 +62,8 @@ def _summary(result: QuantizeResult, budget: int | None) -> dict[str, Any]:
         "budget": budget, "headroom": None if budget is None else budget - total,
         "compressor": result.manifest["compressor"], "storage": result.manifest["storage"],
         "classes": per_class, "fold": result.fold,
-        "actions": [{"action": a.action, "detail": a.detail, "size": a.size} for a in result.actions],
+        "actions": [{"action": a.action, "detail": a.detail, "size": a.size, "predicted": a.predicted,
+                     "seconds": round(a.seconds, 2)} for a in result.actions],
         "calibration": result.manifest["calibration"],
         "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
     }
@@ -83,6 +84,7 @@ def quantize(
     count_code: Annotated[list[Path] | None, typer.Option("--count-code", help="Files or folders whose bytes count against the budget (repeatable).")] = None,
     small_max: Annotated[int, setting_option(QuantizeOptions, "small_max")] = QuantizeOptions.small_max,
     data: Annotated[str | None, setting_option(QuantizeOptions, "data")] = QuantizeOptions.data,
+    device: Annotated[str, setting_option(QuantizeOptions, "device")] = QuantizeOptions.device,
     run_eval: Annotated[bool, typer.Option("--eval", help="Validation bpb of the checkpoint and of the artifact (the quant gap).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
 ) -> None:
@@ -91,7 +93,7 @@ def quantize(
     options = QuantizeOptions(
         bits=bits, embed_bits=embed_bits, method=method, clip_search=clip_search, calib_tokens=calib_tokens,
         compressor=compressor, storage=storage, budget=budget_bytes, count_code=list(count_code or []),
-        bit_overrides=_bit_overrides(set_bits), small_max=small_max, data=data,
+        bit_overrides=_bit_overrides(set_bits), small_max=small_max, data=data, device=device,
     )
     out_path = out or checkpoint.parent / "model.alrt"
     console = Console(highlight=False, stderr=as_json)
@@ -142,7 +144,9 @@ def _render(console: Console, s: dict[str, Any]) -> None:
             parts.append(f"{label}: {kinds}")
     console.print("layers — " + "; ".join(parts))
     for action in s["actions"]:
-        console.print(f"fit: {action['action']}: {action['detail']} → {action['size']:,} bytes")
+        estimate = " (predicted)" if action["predicted"] else ""
+        console.print(f"fit: {action['action']}: {action['detail']} → {action['size']:,} bytes{estimate}, "
+                      f"{action['seconds']:.1f} s")
     line = f"{s['compressor']} ({s['storage']} integers): {format_bytes(s['total_bytes'])}"
     if s["code_bytes"]:
         line += f" including {s['code_bytes']:,} bytes of counted code"
@@ -154,5 +158,9 @@ def _render(console: Console, s: dict[str, Any]) -> None:
         e = s["eval"]
         console.print(f"val bpb: checkpoint {e['checkpoint_bpb']:.4f} → artifact {e['artifact_bpb']:.4f} "
                       f"(quant gap {e['quant_gap']:+.4f}) on {e['tokens']:,} tokens of {e['data']}")
-    console.print(f"[dim]took {s['seconds']['total']:.1f} s (calibration {s['seconds']['calibrate']:.1f} s, "
-                  f"GPTQ {s['seconds']['quantize']:.1f} s, fitting {s['seconds']['fit']:.1f} s)[/]")
+    seconds = s["seconds"]
+    passes = int(seconds["compress_passes"])
+    console.print(f"[dim]took {seconds['total']:.1f} s: calibration {seconds['calibrate']:.1f} s, GPTQ with clip "
+                  f"search {seconds['quantize']:.1f} s, layout choice on a sample {seconds['compress_choice']:.1f} s, "
+                  f"fitting {seconds['fit']:.1f} s; {passes} {s['compressor']} pass{'es' if passes != 1 else ''} "
+                  f"{seconds['compress_seconds']:.1f} s in all[/]")

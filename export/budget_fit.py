@@ -1,14 +1,19 @@
 """Making an artifact fit its byte budget with the least estimated damage.
 
-Two moves, in this order, each re-measured on the real compressed file:
+Two moves, in this order, each sized by a predicted artifact size (`export.size_prediction`: per-entry proxy
+compression anchored to the last real measurement) and confirmed by one real measurement:
 
-1. **Fewer bits on the least sensitive tensors.** For every integer tensor the quantiser is re-run one bit lower;
-   its damage is the rise of its Hessian-weighted output error, tr(ΔH Δᵀ); its saving is the raw bytes dropped.
-   Tensors are lowered in order of damage per byte saved until the estimated size fits, then measured.
+1. **Fewer bits on the least sensitive tensors.** One bit less quadruples a tensor's quantisation noise, so the
+   damage of lowering it is estimated as three times its Hessian-weighted output error tr(ΔH Δᵀ); its saving is
+   the raw bytes dropped. Tensors are lowered (re-quantised) in order of damage per byte saved until the predicted
+   size fits; then the artifact is measured.
 2. **Selective ±1 pruning.** Integers of magnitude 1 are set to 0 (zeros compress far better) in order of their
-   Hessian-weighted cost scale_row² · H_jj, the smallest first; a binary search finds the fewest prunes that fit.
+   Hessian-weighted cost scale_row² · H_jj, the smallest first; a binary search on predicted sizes finds the fewest
+   prunes that fit, and the result is measured.
 
-If even every ±1 pruned does not fit, the budget is impossible: the caller reports the smallest size reached.
+A measurement over the budget (an optimistic prediction) re-anchors the prediction and the fit takes one more
+move, until a measured artifact fits: the result is never over budget. If even every ±1 pruned does not fit, the
+budget is impossible: the caller reports the smallest size reached.
 
 A layer kept as factors stores U·V; U is fitted to the V̂ stored (`fit_factor`), so whenever a move changes V̂,
 its U is refitted and requantised: always after lowering V's bits, and after pruning V only where that lowers the
@@ -17,8 +22,10 @@ pair's error and the artifact still fits (see `_refresh_after_pruning`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -47,9 +54,25 @@ class MatrixPlan:
 
 @dataclass(frozen=True)
 class FitAction:
-    action: str  # "lower_bits" | "prune" | "requantize"
+    action: str  # "lower_bits" | "prune" | "confirm" | "requantize"
     detail: str
     size: int
+    predicted: bool = False  # `size` is a prediction (a "confirm" follows with the measured size)
+    seconds: float = 0.0
+
+
+class ArtifactSize(Protocol):
+    """The artifact's bytes for a state of the quantised matrices: measured (slow, exact) or predicted (fast)."""
+
+    def measure(self, quantized: dict[str, QuantizedMatrix]) -> int: ...
+
+    def predict(self, quantized: dict[str, QuantizedMatrix]) -> int: ...
+
+    def refine(self, quantized: dict[str, QuantizedMatrix]) -> None:
+        """Re-anchor the prediction on a cheap estimate for this state (a sample), between measurements."""
+
+    def entry_bytes(self, name: str, matrix: QuantizedMatrix) -> float:
+        """Predicted compressed bytes of one matrix's entry (what lowering its bits can save from)."""
 
 
 FACTOR_RIDGE = 1e-4  # relative ridge on V̂·H·V̂ᵀ: keeps the solve stable when V̂'s rows are nearly dependent
@@ -87,18 +110,21 @@ def output_error(plan: MatrixPlan, matrix: QuantizedMatrix) -> float:
 
 
 def _lower_candidates(
-    plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], requantize: Callable[[MatrixPlan, int], QuantizedMatrix],
-) -> list[tuple[float, str, QuantizedMatrix, int]]:
-    """(damage per byte saved, name, lower-bit matrix, raw bytes saved) for every tensor above its floor."""
+    plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], sizes: ArtifactSize,
+) -> list[tuple[float, str, float]]:
+    """(estimated damage per byte saved, name, compressed bytes saved) for every tensor above its bit floor,
+    cheapest first. One bit of b saves about 1/b of the entry's compressed bytes, and its damage is 3× the current
+    error (noise power ×4), so nothing is re-quantised here. A tensor that would save almost nothing (a matrix of
+    zeros, as an initialised output projection) is no candidate: lowering it costs a re-quantisation for no bytes."""
+    entries = {name: sizes.entry_bytes(name, matrix) for name, matrix in quantized.items()}
+    negligible = 1e-4 * sum(entries.values())
     candidates = []
     for name, plan in plans.items():
         current = quantized[name]
-        if current.bits <= plan.min_bits:
+        saved = entries[name] / current.bits
+        if current.bits <= plan.min_bits or saved < negligible:
             continue
-        lower = requantize(plan, current.bits - 1)
-        saved = current.q.numel() / 8  # one bit per value
-        damage = max(0.0, output_error(plan, lower) - output_error(plan, current))
-        candidates.append((damage / saved, name, lower, int(saved)))
+        candidates.append((3.0 * output_error(plan, current) / saved, name, saved))
     return sorted(candidates, key=lambda item: item[0])
 
 
@@ -162,67 +188,100 @@ def apply_prunes(quantized: dict[str, QuantizedMatrix], prunes: list[tuple[str, 
 def fit_to_budget(
     plans: dict[str, MatrixPlan],
     quantized: dict[str, QuantizedMatrix],
-    measure: Callable[[dict[str, QuantizedMatrix]], int],
+    sizes: ArtifactSize,
     budget: int,
     requantize: Callable[[MatrixPlan, int], QuantizedMatrix],
 ) -> tuple[dict[str, QuantizedMatrix], list[FitAction], int, bool]:
-    """(quantized, actions, final size, fits). `measure` returns the whole artifact's bytes."""
+    """(quantized, actions, final measured size, fits). `sizes` must be anchored (measured or estimated)."""
     actions: list[FitAction] = []
-    size = measure(quantized)
+    size = sizes.predict(quantized)
+    if size <= budget:  # predicted to fit as it is: measure (one pass of the compressor); no move, no action
+        size = sizes.measure(quantized)
     while size > budget:
-        raw_total = sum(m.q.numel() * m.bits / 8 for m in quantized.values())  # for the compressed/raw ratio
-        candidates = _lower_candidates(plans, quantized, requantize)
-        if not candidates:
+        quantized, moved = _lower_bits_until_predicted_fit(plans, quantized, sizes, budget, requantize, actions)
+        if not moved:
             break
-        ratio = size / max(raw_total, 1.0)
-        needed, picked = (size - budget) * 1.05, []
-        for candidate in candidates:
-            picked.append(candidate)
-            needed -= candidate[3] * ratio
-            if needed <= 0:
-                break
-        for _, name, lower, _saved in picked:
-            quantized = {**quantized, name: lower}
-        # A kept U was fitted to the V̂ of the bits before: fit and requantise it to the V̂ now stored (its bits
-        # unchanged, so the saving estimate holds; the loop measures the result either way).
-        refreshed = _refreshed_factors(plans, quantized, {name for _, name, _, _ in picked}, requantize)
-        for u_name, (fresh, matrix) in refreshed.items():
-            plans[u_name] = fresh
-            quantized = {**quantized, u_name: matrix}
-        size = measure(quantized)
-        names = ", ".join(f"{name}→{lower.bits}b" for _, name, lower, _ in picked)
-        if refreshed:
-            names += f" ({', '.join(refreshed)} refitted to the new V)"
-        actions.append(FitAction("lower_bits", names, size))
+        size = _confirm(sizes, quantized, actions)
     if size <= budget:
         return quantized, actions, size, True
     prunes = prune_order(plans, quantized)
     if not prunes:
-        return quantized, actions, size, False
-    full = measure(apply_prunes(quantized, prunes, len(prunes)))
-    if full > budget:
-        actions.append(FitAction("prune", f"all {len(prunes):,} ±1 values", full))
-        return quantized, actions, min(size, full), False
-    low, high = 0, len(prunes)  # size(low) > budget >= size(high)
-    while high - low > max(1, len(prunes) // 2000):
-        middle = (low + high) // 2
-        if measure(apply_prunes(quantized, prunes, middle)) <= budget:
-            high = middle
-        else:
-            low = middle
-    quantized = apply_prunes(quantized, prunes, high)
-    size = measure(quantized)
-    actions.append(FitAction("prune", f"{high:,} of {len(prunes):,} ±1 values set to 0", size))
+        size = sizes.measure(quantized)
+        return quantized, actions, size, size <= budget
+    everything = apply_prunes(quantized, prunes, len(prunes))
+    if sizes.predict(everything) > budget:
+        full = _confirm(sizes, everything, actions, f"all {len(prunes):,} ±1 values set to 0")
+        if full > budget:
+            return quantized, actions, min(size, full), False
+    low, high = 0, len(prunes)  # predicted: size(low) > budget >= size(high)
+    while True:
+        started = time.perf_counter()
+        while high - low > max(1, len(prunes) // 2000):
+            middle = (low + high) // 2
+            if sizes.predict(apply_prunes(quantized, prunes, middle)) <= budget:
+                high = middle
+            else:
+                low = middle
+        candidate = apply_prunes(quantized, prunes, high)
+        actions.append(FitAction("prune", f"{high:,} of {len(prunes):,} ±1 values set to 0", sizes.predict(candidate),
+                                 predicted=True, seconds=time.perf_counter() - started))
+        size = _confirm(sizes, candidate, actions)
+        if size <= budget or high == len(prunes):
+            break
+        low, high = high, len(prunes)  # optimistic: search again above, around the new anchor
     if size > budget:
         return quantized, actions, size, False
+    quantized = candidate
     pruned = {name for name, _ in prunes[:high]}
-    quantized, size = _refresh_after_pruning(plans, quantized, pruned, measure, budget, requantize, actions, size)
+    quantized, size = _refresh_after_pruning(plans, quantized, pruned, sizes, budget, requantize, actions, size)
     return quantized, actions, size, True
+
+
+def _confirm(sizes: ArtifactSize, quantized: dict[str, QuantizedMatrix], actions: list[FitAction],
+             detail: str = "measured") -> int:
+    started = time.perf_counter()
+    size = sizes.measure(quantized)
+    actions.append(FitAction("confirm", detail, size, seconds=time.perf_counter() - started))
+    return size
+
+
+def _lower_bits_until_predicted_fit(
+    plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], sizes: ArtifactSize, budget: int,
+    requantize: Callable[[MatrixPlan, int], QuantizedMatrix], actions: list[FitAction],
+) -> tuple[dict[str, QuantizedMatrix], bool]:
+    """Lower the cheapest tensors by one bit, move by move, until the predicted size fits; (quantized, moved)."""
+    predicted, moved = sizes.predict(quantized), False
+    while predicted > budget:
+        started = time.perf_counter()
+        candidates = _lower_candidates(plans, quantized, sizes)
+        if not candidates:
+            break
+        needed, picked = (predicted - budget) * 1.05, []
+        for _, name, saved in candidates:
+            picked.append(name)
+            needed -= saved
+            if needed <= 0:
+                break
+        for name in picked:
+            quantized = {**quantized, name: requantize(plans[name], quantized[name].bits - 1)}
+        # A kept U was fitted to the V̂ of the bits before: fit and requantise it to the V̂ now stored (its bits
+        # unchanged, so the saving estimate holds).
+        refreshed = _refreshed_factors(plans, quantized, set(picked), requantize)
+        for u_name, (fresh, matrix) in refreshed.items():
+            plans[u_name] = fresh
+            quantized = {**quantized, u_name: matrix}
+        sizes.refine(quantized)
+        predicted, moved = sizes.predict(quantized), True
+        names = ", ".join(f"{name}→{quantized[name].bits}b" for name in picked)
+        if refreshed:
+            names += f" ({', '.join(refreshed)} refitted to the new V)"
+        actions.append(FitAction("lower_bits", names, predicted, predicted=True, seconds=time.perf_counter() - started))
+    return quantized, moved
 
 
 def _refresh_after_pruning(
     plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], pruned: set[str],
-    measure: Callable[[dict[str, QuantizedMatrix]], int], budget: int,
+    sizes: ArtifactSize, budget: int,
     requantize: Callable[[MatrixPlan, int], QuantizedMatrix], actions: list[FitAction], size: int,
 ) -> tuple[dict[str, QuantizedMatrix], int]:
     """Refit and requantise the U of each pruned V to the pruned V̂, keeping that only where it lowers the pair's
@@ -241,7 +300,9 @@ def _refresh_after_pruning(
     if not refreshed:
         return quantized, size
     candidate = {**quantized, **{name: matrix for name, (_, matrix) in refreshed.items()}}
-    candidate_size = measure(candidate)
+    if sizes.predict(candidate) > budget:
+        return quantized, size
+    candidate_size = sizes.measure(candidate)
     if candidate_size > budget:
         return quantized, size
     for name, (fresh, _) in refreshed.items():

@@ -1,7 +1,7 @@
 """Hessians for GPTQ: H = Σ x xᵀ of every quantised matrix's input, from training batches (never validation).
 
-Each projection's input is captured by a forward hook (Q, K and V share theirs, but each gets its own sum: it
-costs nothing and keeps the bookkeeping per layer). For a layer kept as factors, `V` sees the layer input and
+Each projection's input is captured by a forward hook. Q, K and V read the same tensor: its x·xᵀ is computed
+once and added to each one's sum (at golf scale these products are most of calibration's time). For a layer kept as factors, `V` sees the layer input and
 `U` sees `V·x`, whose Hessian `V̂·H·V̂ᵀ` follows from the input's (computed after `V` is quantised, when `U` is
 fitted to `V̂`: see `export.budget_fit.fit_factor`). The tied embedding is the output head too: its Hessian comes
 from the final normed hidden state, the input of the logits.
@@ -69,11 +69,16 @@ def collect_hessians(
     """(name -> H (in×in, fp32, summed), tokens used); names are the projections' plus `head_input`."""
     model.eval()
     sums: dict[str, Tensor] = {}
+    last: list[tuple[Tensor, Tensor]] = []  # (the last input seen, its x·xᵀ): the same tensor's product is reused
 
     def accumulate(name: str, x: Tensor) -> None:
-        flat = x.detach().float().reshape(-1, x.shape[-1])
-        product = flat.T @ flat
-        sums[name] = sums[name] + product if name in sums else product
+        if last and last[0][0] is x:
+            product = last[0][1]
+        else:
+            flat = x.detach().float().reshape(-1, x.shape[-1])
+            product = flat.T @ flat
+            last[:] = [(x, product)]
+        sums[name] = sums[name] + product if name in sums else product  # never updated in place
 
     handles = []
     for name, layer in model.projections().items():
@@ -92,6 +97,7 @@ def collect_hessians(
             if on_progress is not None:
                 on_progress(min(used, tokens), tokens)
     finally:
+        last.clear()
         for handle in handles:
             handle.remove()
     return sums, used

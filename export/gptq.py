@@ -52,6 +52,19 @@ def weighted_error(weight: Tensor, approx: Tensor, hessian: Tensor) -> float:
     return float(((delta @ h) * delta).sum()) / max(total, 1e-30)
 
 
+def candidate_errors(weight: Tensor, approximations: Tensor, hessian: Tensor) -> list[float]:
+    """`weighted_error` of each of several approximations (candidates × rows × cols) of one weight, with the
+    output energy tr(W H Wᵀ) computed once (at golf scale these products cost as much as GPTQ itself)."""
+    h = hessian.double()
+    w = weight.double()
+    total = max(float(((w @ h) * w).sum()), 1e-30)
+    errors = []
+    for approx in approximations:  # one candidate at a time: a (rows × cols) double buffer, not candidates of them
+        delta = (weight - approx).double()  # the difference in fp32, as weighted_error takes it
+        errors.append(float(((delta @ h) * delta).sum()) / total)
+    return errors
+
+
 def round_to_nearest(weight: Tensor, bits: int, clip: float | None = None) -> tuple[Tensor, Tensor]:
     scale = row_scales(weight.float(), bits, clip)
     return round_to_grid(weight.float(), scale, bits).to(torch.int8), scale
@@ -78,7 +91,7 @@ def gptq_quantize(
     rows, cols = weight.shape
     scales = scales.reshape(-1, rows).float()
     h, dead = _prepare_hessian(hessian, damp)
-    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols)
+    order = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(cols, device=h.device)
     h = h[order][:, order]
     try:
         upper = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -120,16 +133,15 @@ def quantize_matrix(
 ) -> QuantizedMatrix:
     """The best of `clips` by Hessian-weighted error (plain weight error without a Hessian)."""
     weight = weight.float()
-    h = hessian if hessian is not None else torch.eye(weight.shape[1])
+    h = hessian if hessian is not None else torch.eye(weight.shape[1], device=weight.device)
     scales = torch.stack([row_scales(weight, bits, clip) for clip in clips])
     if method == "gptq" and hessian is not None:
         candidates = gptq_quantize(weight, h, bits, scales)
     else:
         candidates = round_to_grid(weight[None], scales, bits).to(torch.int8)
     best: QuantizedMatrix | None = None
-    for clip, scale, q in zip(clips, scales, candidates, strict=True):
-        candidate = QuantizedMatrix(q, scale.half(), bits, clip, 0.0)
-        error = weighted_error(weight, candidate.dequantize(), h)
+    errors = candidate_errors(weight, candidates.float() * scales[:, :, None].half().float(), h)
+    for clip, scale, q, error in zip(clips, scales, candidates, errors, strict=True):
         if best is None or error < best.error:
             best = QuantizedMatrix(q, scale.half(), bits, clip, error)
     assert best is not None

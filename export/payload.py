@@ -28,6 +28,19 @@ def _bytes_tensor(data: bytes) -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
 
 
+def integer_bytes(matrix: QuantizedMatrix, storage: Storage) -> bytes:
+    """A quantised matrix's integers as stored: packed at its bits, or one byte per value."""
+    return pack_bits(matrix.q, matrix.bits) if storage == "packed" else matrix.q.contiguous().numpy().tobytes()
+
+
+def scale_bytes(matrix: QuantizedMatrix) -> bytes:
+    return shuffle_bytes(matrix.scale.half())
+
+
+def fp16_bytes(tensor: Tensor) -> bytes:
+    return shuffle_bytes(tensor.detach().half().flatten())
+
+
 def encode_payload(
     quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes, storage: Storage,
 ) -> tuple[bytes, dict[str, dict[str, Any]], dict[str, int]]:
@@ -36,16 +49,16 @@ def encode_payload(
     schemes: dict[str, dict[str, Any]] = {}
     sizes: dict[str, int] = {}
     for name, matrix in quantized.items():
-        values = pack_bits(matrix.q, matrix.bits) if storage == "packed" else matrix.q.contiguous().numpy().tobytes()
+        values = integer_bytes(matrix, storage)
         blobs[f"{name}.q"] = _bytes_tensor(values)
-        blobs[f"{name}.scale"] = _bytes_tensor(shuffle_bytes(matrix.scale.half()))
+        blobs[f"{name}.scale"] = _bytes_tensor(scale_bytes(matrix))
         schemes[name] = {
             "type": "int", "bits": matrix.bits, "storage": storage, "shape": list(matrix.q.shape),
             "clip": matrix.clip, "error": matrix.error,
         }
         sizes[name] = len(values) + 2 * matrix.scale.numel()
     for name, tensor in passthrough.items():
-        blobs[name] = _bytes_tensor(shuffle_bytes(tensor.detach().half().flatten()))
+        blobs[name] = _bytes_tensor(fp16_bytes(tensor))
         schemes[name] = {"type": "fp16", "shape": list(tensor.shape)}
         sizes[name] = 2 * tensor.numel()
     blobs[TOKENIZER_ENTRY] = _bytes_tensor(tokenizer)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,10 +30,11 @@ from export.artifact import encode_artifact
 from export.budget_fit import FitAction, MatrixPlan, fit_factor, fit_to_budget
 from export.calibration import HEAD_INPUT, TokenWindows, collect_hessians
 from export.calibration_data import CalibrationData, resolve_calibration_data
-from export.compress import Compressor, compress, compress_best
+from export.compress import COMPRESSORS, Compressor, compress
 from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
 from export.loader import load_for_export, run_tokenizer
-from export.payload import STORAGES, TOKENIZER_ENTRY, Storage, encode_payload
+from export.payload import STORAGES, Storage, encode_payload, integer_bytes, scale_bytes
+from export.size_prediction import SizePredictor, proxy_size
 
 ARTIFACT_FORMAT = "alrt-artifact"
 EMBED_CLIP_CANDIDATES: tuple[float | None, ...] = (8.0, 12.0, 16.0, 20.0, None)
@@ -60,6 +63,8 @@ class QuantizeOptions:
     # matrices (4,096 values each) took 20% of its artifact in fp16, and int6 GPTQ gave the same bpb (2.2118 vs
     # 2.2124; an ALRT model's small factors likewise: 2.2940 both, 21% smaller).
     small_max: int = setting(0, "Matrices with at most this many values stay fp16 (0: none).")
+    device: str = setting(
+        "auto", "Where calibration and GPTQ run: cpu, cuda[:N], or auto (the GPU when there is one).")
     data: str | None = setting(
         None, "Calibration/eval data (default: the run's): a shard folder (train shards calibrate, val shards "
               "evaluate) or .txt/.jsonl text, tokenised with the model's tokenizer and split by document (5% held "
@@ -152,44 +157,46 @@ def quantize_checkpoint(
     seed = config.train.seed + CALIBRATION_SEED_OFFSET
     batches = TokenWindows(calibration_data.calibration_streams(options.calib_tokens, seed), config.model.seq_len,
                            seed, config.model.vocab_size)
+    device = _device(options.device)
     hessian_sums, used = collect_hessians(
-        model, batches, options.calib_tokens,
+        model.to(device), batches, options.calib_tokens,
         on_progress=(lambda done, total: on_progress("calibrate", done, total)) if on_progress else None,
     )
-    hessians = {name: h / used for name, h in hessian_sums.items()}
+    hessians = {name: (h / used).cpu() for name, h in hessian_sums.items()}
     timings["calibrate"] = time.perf_counter() - started
 
-    plans, passthrough, fold, ranks = _plan(model, hessians, options)
+    plans, passthrough, fold, ranks = _plan(model.cpu(), hessians, options)
     clips_for = {"embed": EMBED_CLIP_CANDIDATES, "head": EMBED_CLIP_CANDIDATES, "table": EMBED_CLIP_CANDIDATES}
 
     def requantize(plan: MatrixPlan, bits: int) -> QuantizedMatrix:
         clips = clips_for.get(plan.tensor_class, DEFAULT_CLIP_CANDIDATES)
         if not options.clip_search:
             clips = (clips[len(clips) // 2],)
-        return quantize_matrix(plan.weight, plan.hessian, bits, clips=clips, method=options.method)
+        matrix = quantize_matrix(plan.weight.to(device), plan.hessian.to(device), bits, clips=clips,
+                                 method=options.method)
+        return QuantizedMatrix(matrix.q.cpu(), matrix.scale.cpu(), matrix.bits, matrix.clip, matrix.error)
 
     quant_start = time.perf_counter()
     quantized: dict[str, QuantizedMatrix] = {}
     for index, (name, plan) in enumerate(plans.items()):
+        matrix_start = time.perf_counter()
         if plan.factor_of is not None:
             # U sees V̂·x with V as stored (quantised, or fp16 when small; V comes first in `plans`): fitted to that
             # V̂, U absorbs what it can of V's error. Budget fitting refits it whenever it changes V̂.
             v_name = plan.factor_of
             fit_factor(plan, quantized[v_name].dequantize() if v_name in quantized else passthrough[v_name].half().float())
         quantized[name] = requantize(plan, plan.bits)
+        phase = f"gptq_{plan.tensor_class}"
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - matrix_start
         if on_progress:
             on_progress("quantize", index + 1, len(plans))
     timings["quantize"] = time.perf_counter() - quant_start
 
     tokenizer_bytes = tokenizer.model_bytes()
-    compress_start = time.perf_counter()
-    candidates = STORAGES if options.storage == "auto" else (options.storage,)
-    encoded = {name: encode_payload(quantized, passthrough, tokenizer_bytes, name)[0] for name in candidates}
-    # Which integer layout compresses smaller, measured with a fast compressor (only when there is a choice).
-    storage = min(encoded, key=lambda name: len(compress(encoded[name], "zstd"))) if len(encoded) > 1 else candidates[0]
-    raw = encoded[storage]
-    compressor, _ = compress_best(raw, options.compressor)
-    timings["compress_choice"] = time.perf_counter() - compress_start
+    choice_start = time.perf_counter()
+    layout = _choose_layout(quantized, passthrough, tokenizer_bytes, options, timings)
+    storage, compressor, speed = layout.storage, layout.compressor, layout.bytes_per_second
+    timings["compress_choice"] = time.perf_counter() - choice_start
 
     base_manifest = {
         "format": ARTIFACT_FORMAT,
@@ -205,26 +212,49 @@ def quantize_checkpoint(
         "quantizer": {"method": options.method, "bits": options.bits, "embed_bits": options.embed_bits,
                       "clip_search": options.clip_search},
     }
-
-    compressibility = _compressibility(quantized, passthrough, tokenizer_bytes)
+    compress_seconds: list[float] = []
+    built: dict[tuple[tuple[str, int], ...], tuple[dict[str, QuantizedMatrix], bytes, dict[str, Any]]] = {}
 
     def build(current: dict[str, QuantizedMatrix]) -> tuple[bytes, dict[str, Any]]:
+        """The artifact of `current`: one pass of the final compressor, or the last one's result if unchanged."""
+        key = tuple((name, id(matrix)) for name, matrix in current.items())
+        if key in built:
+            return built[key][1], built[key][2]
         raw_payload, schemes, sizes = encode_payload(current, passthrough, tokenizer_bytes, storage)
-        payload = compress(raw_payload, compressor)
-        # The byte map: each entry's estimated share of the compressed payload (they add up to its size).
-        weights = {name: size * compressibility[name] for name, size in sizes.items()}
-        total_weight = max(sum(weights.values()), 1e-9)
-        byte_map = {name: round(len(payload) * weight / total_weight) for name, weight in weights.items()}
+        pass_start = time.perf_counter()
+        payload = _compress_with_progress(raw_payload, compressor, speed, on_progress, f"compress {compressor}")
+        compress_seconds.append(time.perf_counter() - pass_start)
+        # The byte map: each entry's estimated share of the compressed payload (its proxy bytes; they add up to
+        # the payload's size).
+        weights = {name: predictor.entry_proxy(name, matrix) for name, matrix in current.items()}
+        weights.update({name: predictor.fixed[name] for name in sizes if name not in weights})
+        total_weight = max(sum(weights.values()), 1)
+        byte_map = {name: round(len(payload) * weights[name] / total_weight) for name in sizes}
         manifest = {**base_manifest, "tensors": schemes, "raw_bytes": sizes, "byte_map": byte_map}
-        return encode_artifact(manifest, payload), manifest
+        data = encode_artifact(manifest, payload)
+        built.clear()  # keep the last build only (with its matrices, so their ids stay theirs)
+        built[key] = (current, data, manifest)
+        return data, manifest
 
-    def measure(current: dict[str, QuantizedMatrix]) -> int:
-        return len(build(current)[0]) + code_bytes
+    def ratio_of(sample: dict[str, QuantizedMatrix], compressed: int) -> float:
+        """The final compressor's bytes per proxy byte on a sample payload that compressed to `compressed`."""
+        proxy = sum(proxy_size(integer_bytes(m, storage)) + proxy_size(scale_bytes(m)) for m in sample.values())
+        return compressed / max(proxy + sum(predictor.fixed.values()), 1)
+
+    def sample_ratio(current: dict[str, QuantizedMatrix]) -> float:
+        sample = sample_rows(current, layout.step)
+        return ratio_of(sample, len(compress(encode_payload(sample, passthrough, tokenizer_bytes, storage)[0], compressor)))
+
+    manifest_bytes = len(encode_artifact({**base_manifest, **_manifest_tables(quantized, passthrough, tokenizer_bytes, storage)}, b""))
+    predictor = SizePredictor(passthrough, tokenizer_bytes, storage, lambda current: len(build(current)[0]) + code_bytes,
+                              sample_ratio, manifest_bytes + code_bytes)
+    # The first anchor is the layout sample's estimate, so a fit needs no pass of the compressor before its moves.
+    predictor.refine(quantized, ratio=ratio_of(layout.sample, layout.compressed_bytes))
 
     actions: list[FitAction] = []
     fit_start = time.perf_counter()
     if options.budget is not None:
-        quantized, actions, size, fits = fit_to_budget(plans, quantized, measure, options.budget, requantize)
+        quantized, actions, size, fits = fit_to_budget(plans, quantized, predictor, options.budget, requantize)
         if not fits:
             raise UserError(
                 f"cannot fit {options.budget:,} bytes: the smallest artifact reachable is {size:,} bytes "
@@ -232,6 +262,10 @@ def quantize_checkpoint(
             )
     timings["fit"] = time.perf_counter() - fit_start
     data, manifest = build(quantized)
+    if options.budget is not None and len(data) + code_bytes > options.budget:
+        raise AssertionError("the fit returned an artifact it did not measure within the budget")
+    timings["compress_passes"] = float(len(compress_seconds))
+    timings["compress_seconds"] = sum(compress_seconds)
     timings["total"] = time.perf_counter() - started
     reports = _reports(quantized, passthrough, manifest)
     return QuantizeResult(data, manifest, reports, fold, actions, code_bytes, timings, quantized, passthrough,
@@ -299,19 +333,90 @@ def _plan(
     return plans, passthrough, fold, ranks
 
 
-def _compressibility(
-    quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes,
-) -> dict[str, float]:
-    """Compressed-to-raw ratio of each payload entry on its own (zstd), measured once on the first pass."""
-    ratios: dict[str, float] = {}
-    for name, matrix in quantized.items():
-        raw = matrix.q.numpy().tobytes()
-        ratios[name] = (len(compress(raw, "zstd")) + 2 * matrix.scale.numel()) / (len(raw) + 2 * matrix.scale.numel())
-    for name, tensor in passthrough.items():
-        raw = tensor.detach().half().numpy().tobytes()
-        ratios[name] = len(compress(raw, "zstd")) / max(len(raw), 1)
-    ratios[TOKENIZER_ENTRY] = len(compress(tokenizer, "zstd")) / max(len(tokenizer), 1)
-    return ratios
+SAMPLE_BYTES = 4_000_000  # payloads up to this size choose their layout on themselves (the whole payload)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the payload is stored and compressed, chosen on `sample`, which compressed to `compressed_bytes`."""
+
+    storage: Storage
+    compressor: str
+    bytes_per_second: float
+    step: int  # the sample holds every step-th row of each matrix
+    sample: dict[str, QuantizedMatrix]
+    compressed_bytes: int
+
+
+def sample_rows(quantized: dict[str, QuantizedMatrix], step: int) -> dict[str, QuantizedMatrix]:
+    """Every `step`-th row of each matrix (all rows at step 1): a payload with every tensor's statistics."""
+    return {name: QuantizedMatrix(m.q[::step], m.scale[::step], m.bits, m.clip, m.error) for name, m in quantized.items()}
+
+
+def _choose_layout(
+    quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes, options: QuantizeOptions,
+    timings: dict[str, float],
+) -> Layout:
+    """The storage and the compressor, each chosen once, on a sample of the payload.
+
+    The sample holds evenly spaced rows of every matrix (all of them when the payload is at most SAMPLE_BYTES), so
+    it has every tensor's statistics at a fraction of the cost: the storage is the one zstd compresses smaller, and
+    with `--compressor auto` the compressor is the one that compresses the sample smallest."""
+    raw_total = sum(m.q.numel() + 2 * m.scale.numel() for m in quantized.values())
+    step = max(1, math.ceil(raw_total / SAMPLE_BYTES))
+    sample = sample_rows(quantized, step)
+    storages = STORAGES if options.storage == "auto" else (options.storage,)
+    encoded = {name: encode_payload(sample, passthrough, tokenizer, name)[0] for name in storages}
+    storage = min(encoded, key=lambda name: len(compress(encoded[name], "zstd"))) if len(encoded) > 1 else storages[0]
+    raw = encoded[storage]
+    sizes: dict[str, int] = {}
+    speeds: dict[str, float] = {}
+    for name in COMPRESSORS if options.compressor == "auto" else (options.compressor,):
+        start = time.perf_counter()
+        sizes[name] = len(compress(raw, name))
+        seconds = time.perf_counter() - start
+        speeds[name] = len(raw) / max(seconds, 1e-6)
+        timings[f"sample_{name}"] = seconds
+    compressor = min(sizes, key=lambda name: sizes[name])
+    return Layout(storage, compressor, speeds[compressor], step, sample, sizes[compressor])
+
+
+def _manifest_tables(quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes,
+                     storage: Storage) -> dict[str, Any]:
+    """The manifest's per-tensor tables as `build` writes them (byte map values as wide as the real ones)."""
+    _, schemes, sizes = encode_payload(quantized, passthrough, tokenizer, storage)
+    return {"tensors": schemes, "raw_bytes": sizes, "byte_map": dict(sizes)}
+
+
+def _compress_with_progress(raw: bytes, compressor: str, bytes_per_second: float,
+                            on_progress: Callable[[str, int, int], None] | None, phase: str) -> bytes:
+    """`compress(raw, compressor)`, reporting estimated progress (from the sample's speed) while it runs."""
+    if on_progress is None or len(raw) < 2 * SAMPLE_BYTES:  # a few seconds at most: no bar
+        return compress(raw, compressor)
+    result: list[bytes] = []
+    worker = threading.Thread(target=lambda: result.append(compress(raw, compressor)), daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        estimate = min(int((time.perf_counter() - started) * bytes_per_second), len(raw) * 99 // 100)
+        on_progress(phase, estimate, len(raw))
+        worker.join(0.5)
+    on_progress(phase, len(raw), len(raw))
+    if not result:
+        raise RuntimeError(f"{compressor} compression failed")
+    return result[0]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UserError(f"--device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no CUDA device is available")
+    return device
 
 
 def _reports(quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], manifest: dict[str, Any]) -> list[TensorReport]:

@@ -1,7 +1,9 @@
-"""Budget fitting of a kept factor pair: U is fitted and quantised to the V̂ the artifact actually stores."""
+"""Budget fitting: a kept factor pair's U is fitted and quantised to the V̂ the artifact actually stores, and a
+prediction that is off in either direction still ends in a measured artifact within the budget."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -51,12 +53,38 @@ def _nonzero_v_size(quantized: dict[str, QuantizedMatrix]) -> int:
     return int((quantized["l.V"].q != 0).sum())
 
 
+class Skewed:
+    """Sizes from `size_of`: measured exactly; predicted from the last measurement, with the change since then
+    multiplied by `skew` (2: savings overestimated, an optimistic prediction; 0.5: pessimistic; 1: exact)."""
+
+    def __init__(self, size_of: Callable[[dict[str, QuantizedMatrix]], int], start: dict[str, QuantizedMatrix],
+                 skew: float = 1.0) -> None:
+        self.size_of, self.skew = size_of, skew
+        self.anchor = (size_of(start), size_of(start))  # the estimate the fit starts from: exact here
+        self.measured: list[int] = []
+
+    def measure(self, quantized: dict[str, QuantizedMatrix]) -> int:
+        size = self.size_of(quantized)
+        self.anchor = (size, size)
+        self.measured.append(size)
+        return size
+
+    def predict(self, quantized: dict[str, QuantizedMatrix]) -> int:
+        return round(self.anchor[0] + self.skew * (self.size_of(quantized) - self.anchor[1]))
+
+    def refine(self, quantized: dict[str, QuantizedMatrix]) -> None:
+        """No sample estimate here: the skewed prediction stays anchored at the last measurement."""
+
+    def entry_bytes(self, name: str, matrix: QuantizedMatrix) -> float:
+        return matrix.q.numel() * matrix.bits / 8
+
+
 def test_lowering_v_refits_u_to_the_stored_v():
     plans, quantized, h = _pair()
     stale_u = quantized["l.U"]
     budget = _bits_size(quantized) - RANK * COLS // 8  # exactly one bit off V
-    fitted, actions, size, fits = fit_to_budget(plans, quantized, _bits_size, budget, _requantize)
-    assert fits and size <= budget and [a.action for a in actions] == ["lower_bits"]
+    fitted, actions, size, fits = fit_to_budget(plans, quantized, Skewed(_bits_size, quantized), budget, _requantize)
+    assert fits and size <= budget and [a.action for a in actions] == ["lower_bits", "confirm"]
     assert fitted["l.V"].bits == 5 and fitted["l.U"].bits == 6
     v_hat = fitted["l.V"].dequantize()
     expected = _u_for(plans, v_hat)
@@ -72,8 +100,8 @@ def test_pruning_v_refits_u_when_that_still_fits_and_helps():
     plans["l.V"].min_bits = 6  # no bit to lower: the fit must prune V's ±1 values
     stale_u = quantized["l.U"]
     budget = _nonzero_v_size(quantized) - 20
-    fitted, actions, size, fits = fit_to_budget(plans, quantized, _nonzero_v_size, budget, _requantize)
-    assert fits and size <= budget and [a.action for a in actions] == ["prune", "requantize"]
+    fitted, actions, size, fits = fit_to_budget(plans, quantized, Skewed(_nonzero_v_size, quantized), budget, _requantize)
+    assert fits and size <= budget and [a.action for a in actions] == ["prune", "confirm", "requantize"]
     v_hat = fitted["l.V"].dequantize()
     assert int((fitted["l.V"].q == 0).sum() - (quantized["l.V"].q == 0).sum()) == 20
     assert torch.equal(fitted["l.U"].q, _u_for(plans, v_hat).q)
@@ -89,9 +117,9 @@ def test_a_refitted_u_that_would_break_the_budget_is_not_kept():
         return int(sum((m.q != 0).sum() for m in current.values()))
 
     budget = nonzeros(quantized) - 40
-    fitted, actions, size, fits = fit_to_budget(plans, quantized, nonzeros, budget, _requantize)
+    fitted, actions, size, fits = fit_to_budget(plans, quantized, Skewed(nonzeros, quantized), budget, _requantize)
     assert fits and size == nonzeros(fitted) <= budget
-    assert [a.action for a in actions] == ["prune"]  # the refit U has more non-zeros than the pruned one
+    assert [a.action for a in actions] == ["prune", "confirm"]  # the refit U has more non-zeros than the pruned one
     assert nonzeros({"l.U": _u_for(plans, fitted["l.V"].dequantize())}) > nonzeros({"l.U": fitted["l.U"]})
 
 
@@ -104,3 +132,25 @@ def test_fitted_u_is_the_least_squares_partner_of_v_hat():
     for _ in range(5):  # any other U does worse with this V̂
         other = plan.weight + 1e-3 * torch.randn(plan.weight.shape, generator=generator)
         assert pair_error(plan.product, other, v_hat, h) > fitted
+
+
+BITS_BUDGET = 460  # the pair is 528 bytes at 6 bits; V at 5 bits gives 480, at 4 bits 432
+
+
+def test_an_optimistic_prediction_is_caught_by_the_measurement_and_the_fit_moves_again():
+    plans, quantized, _ = _pair()
+    assert _bits_size(quantized) == 528
+    sizes = Skewed(_bits_size, quantized, skew=2.0)  # predicts V at 5 bits as 432: fits, but measures 480
+    fitted, actions, size, fits = fit_to_budget(plans, quantized, sizes, BITS_BUDGET, _requantize)
+    assert [(a.action, a.size, a.predicted) for a in actions] == [
+        ("lower_bits", 432, True), ("confirm", 480, False), ("lower_bits", 384, True), ("confirm", 432, False)]
+    assert fits and size == 432 == _bits_size(fitted) <= BITS_BUDGET and fitted["l.V"].bits == 4
+    assert sizes.measured == [480, 432]
+
+
+def test_a_pessimistic_prediction_moves_until_it_fits_and_is_measured_once():
+    plans, quantized, _ = _pair()
+    sizes = Skewed(_bits_size, quantized, skew=0.5)  # V at 5 bits predicted 504 (over), at 4 bits 480 (over): the floor
+    fitted, actions, size, fits = fit_to_budget(plans, quantized, sizes, BITS_BUDGET, _requantize)
+    assert [(a.action, a.size) for a in actions] == [("lower_bits", 504), ("lower_bits", 480), ("confirm", 432)]
+    assert fits and size == 432 <= BITS_BUDGET and sizes.measured == [432]

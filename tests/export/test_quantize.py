@@ -134,3 +134,30 @@ def test_corrupt_artifact_is_a_user_error_everywhere(unconstrained, tmp_path):
         load_model(path)
     result = alrt("inspect", "artifact", str(path))
     assert result.returncode == 2 and "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_budget_move_gives_the_unconstrained_artifact_with_one_compression(checkpoint, unconstrained):
+    roomy = quantize_checkpoint(checkpoint, QuantizeOptions(budget=len(unconstrained.data) + 1, **FAST))
+    assert roomy.data == unconstrained.data and roomy.actions == []
+    assert roomy.seconds["compress_passes"] == unconstrained.seconds["compress_passes"] == 1
+
+
+def test_predicted_sizes_track_the_measured_ones(checkpoint, unconstrained):
+    result = quantize_checkpoint(checkpoint, QuantizeOptions(budget=int(len(unconstrained.data) * 0.8), **FAST))
+    assert result.total_bytes <= int(len(unconstrained.data) * 0.8)
+    pairs = [(before.size, after.size) for before, after in zip(result.actions, result.actions[1:], strict=False)
+             if before.predicted and after.action == "confirm"]
+    assert pairs, [a.action for a in result.actions]
+    for predicted, measured in pairs:
+        assert abs(predicted - measured) <= 0.03 * measured, (predicted, measured)
+    # The final compressor runs once per confirmation (the fit starts from the sample's estimate), never per move.
+    confirms = sum(a.action == "confirm" for a in result.actions)
+    assert result.seconds["compress_passes"] == confirms < len(result.actions)
+
+
+def test_cuda_device_without_a_gpu_is_a_user_error(checkpoint, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = alrt("quantize", str(checkpoint), "--device", "cuda", "--out", str(tmp_path / "x.alrt"))
+    assert result.returncode == 2 and "--device cuda: no CUDA device is available" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.alrt").exists()
