@@ -132,7 +132,9 @@ def artifact(
         table.add_row(entry["name"], entry["scheme"], f"{entry['values']:,}", f"{entry['bytes']:,}", f"{entry['share']:.1%}")
     console.print(table)
     sections = report["sections"]
-    console.print(f"header {sections['header']} B + manifest {sections['manifest']:,} B + payload {sections['payload']:,} B")
+    frames = f"{report['frames']} frame{'s' if report['frames'] != 1 else ''}"
+    console.print(f"header {sections['header']} B + manifest {sections['manifest']:,} B + payload {sections['payload']:,} B "
+                  f"in {frames}")
 
 
 @app.command("model")

@@ -101,8 +101,15 @@ def quantize(
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True, disable=not show_progress)
     tasks: dict[str, Any] = {}
+    reached: dict[str, int] = {}
 
     def on_progress(phase: str, done: int, total: int) -> None:
+        if not show_progress:  # a log or a pipe: one line as each phase (or pass) starts, so a long run says where it is
+            if done < reached.get(phase, total + 1):
+                unit = {"calibrate": "tokens", "quantize": "matrices"}.get(phase, "bytes")
+                console.print(f"[dim]{phase}: {total:,} {unit} …[/]")
+            reached[phase] = done
+            return
         if phase not in tasks:
             tasks[phase] = progress.add_task(phase, total=total)
         progress.update(tasks[phase], completed=done)

@@ -11,10 +11,11 @@ Layout (all integers little-endian):
                          compressor, section sizes, SHA-256 of the payload and of the tokenizer), brotli-compressed
                          from format version 2 on (version 1 stored it plain)
         56+M   P bytes   payload: a safetensors blob of byte tensors (packed integers, byte-shuffled fp16 scales and
-                         small tensors, the tokenizer model), compressed as a whole
+                         small tensors, the tokenizer model), compressed in frames from format version 3 on (the
+                         manifest's `frames` lists their compressed lengths: `export.compress`), as one stream before
 
 The manifest is compressed because at small budgets it is not small: ~10 KB of JSON was 5% of a 200 KB artifact
-(brotli takes it to ~2 KB). Version 1 files are still read.
+(brotli takes it to ~2 KB). Version 1 and 2 files are still read.
 
 Reading checks, before anything else, the magic, the version, that the file is exactly as long as the header says,
 and both checksums; any failure is a one-line `UserError`.
@@ -34,8 +35,8 @@ from alrt_core.errors import UserError
 from alrt_core.fileio import atomic_write_bytes
 
 MAGIC = b"ALRTART1"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _HEADER = struct.Struct("<8sIIQ32s")
 HEADER_SIZE = _HEADER.size
 

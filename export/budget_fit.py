@@ -15,6 +15,13 @@ A measurement over the budget (an optimistic prediction) re-anchors the predicti
 move, until a measured artifact fits: the result is never over budget. If even every ±1 pruned does not fit, the
 budget is impossible: the caller reports the smallest size reached.
 
+A pessimistic prediction lowers more than needed (measured at golf scale: the first anchor, from a sample, was 3%
+high, and the fit ended at 15.54 MB for 16 MB). So once lowering bits has a measured fit, **bits are given back**:
+tensors lowered during the fit get their earlier matrices again (kept, so nothing is re-quantised), most error
+removed per byte first, while the measured size plus the bytes each lowering was estimated to save stays within
+the budget less a margin; likewise a measured prune fit with room left searches again, from that measurement, for
+fewer prunes. One more measurement confirms it; if it is over, the measured fit before it is the result.
+
 A layer kept as factors stores U·V; U is fitted to the V̂ stored (`fit_factor`), so whenever a move changes V̂,
 its U is refitted and requantised: always after lowering V's bits, and after pruning V only where that lowers the
 pair's error and the artifact still fits (see `_refresh_after_pruning`).
@@ -54,7 +61,7 @@ class MatrixPlan:
 
 @dataclass(frozen=True)
 class FitAction:
-    action: str  # "lower_bits" | "prune" | "confirm" | "requantize"
+    action: str  # "lower_bits" | "raise_bits" | "prune" | "confirm" | "revert" | "requantize"
     detail: str
     size: int
     predicted: bool = False  # `size` is a prediction (a "confirm" follows with the measured size)
@@ -75,6 +82,33 @@ class ArtifactSize(Protocol):
         """Predicted compressed bytes of one matrix's entry (what lowering its bits can save from)."""
 
 
+@dataclass(frozen=True, eq=False)  # compared by identity: its matrices are tensors
+class Lowering:
+    """One tensor lowered by a move, with what it replaced: enough to undo it without re-quantising.
+
+    `partners` are the kept Us refitted to this V̂ by the same move: (name, plan and matrix before, matrix after).
+    The undo is valid only while the tensor and its partners still hold the move's matrices (compared by identity).
+    """
+
+    name: str
+    before: QuantizedMatrix
+    after: QuantizedMatrix
+    partners: tuple[tuple[str, MatrixPlan, QuantizedMatrix, QuantizedMatrix], ...] = ()
+    saved: float = 0.0  # estimated compressed bytes the lowering saved (what undoing it costs)
+
+    def applies_to(self, quantized: dict[str, QuantizedMatrix]) -> bool:
+        return quantized.get(self.name) is self.after and all(
+            quantized.get(name) is after for name, _, _, after in self.partners)
+
+    def undone(self, quantized: dict[str, QuantizedMatrix]) -> dict[str, QuantizedMatrix]:
+        return {**quantized, self.name: self.before, **{name: before for name, _, before, _ in self.partners}}
+
+
+GIVE_BACK_MARGIN = 0.0025  # of the budget: what a prediction anchored on a measurement may be off by (~40 KB at 16 MB)
+# An undo is taken to cost this many times the bytes its lowering was estimated to save. Measured at golf scale
+# (35.9M parameters, 16 MB): undoing 4→5-bit lowerings of trained-like weights cost 1.20× the estimate (the undos
+# chosen first are those whose cost is most underestimated); of initialised weights, 1.003×.
+GIVE_BACK_COST = 1.25
 FACTOR_RIDGE = 1e-4  # relative ridge on V̂·H·V̂ᵀ: keeps the solve stable when V̂'s rows are nearly dependent
 
 
@@ -149,40 +183,61 @@ def _pair_error(plan: MatrixPlan, u_hat: QuantizedMatrix, v_hat: QuantizedMatrix
     return pair_error(plan.product, u_hat.dequantize(), v_hat.dequantize(), plan.layer_hessian)
 
 
-def prune_order(plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix]) -> list[tuple[str, Tensor]]:
-    """Every ±1 entry as (tensor name, flat index), cheapest to zero first."""
-    costs, names, indices = [], [], []
-    for index, (name, plan) in enumerate(plans.items()):
-        matrix = quantized[name]
-        flat = matrix.q.flatten()
-        ones = torch.nonzero(flat.abs() == 1).flatten()
+@dataclass(frozen=True)
+class PruneOrder:
+    """Every ±1 entry of the matrices, cheapest to zero first, held per tensor: for each, the entries' ranks in the
+    global order (ascending) and their flat indices. The first `count` prunes of a tensor are then a prefix of its
+    own list (a binary search), so applying any count costs only the entries it zeroes — at golf scale there are
+    ~10M of them, too many for Python objects."""
+
+    ranks: dict[str, Tensor]
+    indices: dict[str, Tensor]
+    total: int
+
+    def counts(self, count: int) -> dict[str, int]:
+        """How many of each tensor's entries the first `count` prunes zero (tensors with none left out)."""
+        limit = torch.tensor([count], dtype=torch.int64)
+        chosen = {name: int(torch.searchsorted(ranks, limit)) for name, ranks in self.ranks.items()}
+        return {name: k for name, k in chosen.items() if k}
+
+    def apply(self, quantized: dict[str, QuantizedMatrix], count: int) -> dict[str, QuantizedMatrix]:
+        """A copy of `quantized` with the first `count` prunes applied."""
+        result = dict(quantized)
+        for name, k in self.counts(count).items():
+            matrix = quantized[name]
+            q = matrix.q.clone().flatten()
+            q[self.indices[name][:k]] = 0
+            result[name] = QuantizedMatrix(q.view_as(matrix.q), matrix.scale, matrix.bits, matrix.clip, matrix.error)
+        return result
+
+
+def prune_order(plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix]) -> PruneOrder:
+    """Every ±1 entry, ordered by its Hessian-weighted cost scale_row² · H_jj, the smallest first (ties by tensor
+    order, then position)."""
+    costs, owners, indices = [], [], []
+    keys = list(plans)
+    for index, name in enumerate(keys):
+        matrix, plan = quantized[name], plans[name]
+        ones = torch.nonzero(matrix.q.flatten().abs() == 1).flatten()
         if not ones.numel():
             continue
         rows, cols = ones // matrix.q.shape[1], ones % matrix.q.shape[1]
         h_diag = torch.diag(plan.hessian).float().clamp_min(0)
         costs.append(matrix.scale.float()[rows].square() * h_diag[cols])
-        names.append(torch.full_like(ones, index))
+        owners.append(torch.full_like(ones, index))
         indices.append(ones)
     if not costs:
-        return []
+        return PruneOrder({}, {}, 0)
     order = torch.argsort(torch.cat(costs), stable=True)
-    all_names, all_indices = torch.cat(names)[order], torch.cat(indices)[order]
-    keys = list(plans)
-    return [(keys[int(n)], i) for n, i in zip(all_names, all_indices, strict=True)]
-
-
-def apply_prunes(quantized: dict[str, QuantizedMatrix], prunes: list[tuple[str, Tensor]], count: int) -> dict[str, QuantizedMatrix]:
-    """A copy of `quantized` with the first `count` prunes applied."""
-    chosen: dict[str, list[int]] = {}
-    for name, index in prunes[:count]:
-        chosen.setdefault(name, []).append(int(index))
-    result = dict(quantized)
-    for name, flat_indices in chosen.items():
-        matrix = quantized[name]
-        q = matrix.q.clone().flatten()
-        q[torch.tensor(flat_indices)] = 0
-        result[name] = QuantizedMatrix(q.view_as(matrix.q), matrix.scale, matrix.bits, matrix.clip, matrix.error)
-    return result
+    rank_of = torch.empty_like(order)
+    rank_of[order] = torch.arange(order.numel())
+    owner, flat = torch.cat(owners), torch.cat(indices)
+    ranks, positions = {}, {}
+    for index in torch.unique(owner).tolist():
+        mine = torch.nonzero(owner == index).flatten()
+        mine = mine[torch.argsort(rank_of[mine])]
+        ranks[keys[index]], positions[keys[index]] = rank_of[mine], flat[mine]
+    return PruneOrder(ranks, positions, order.numel())
 
 
 def fit_to_budget(
@@ -194,47 +249,84 @@ def fit_to_budget(
 ) -> tuple[dict[str, QuantizedMatrix], list[FitAction], int, bool]:
     """(quantized, actions, final measured size, fits). `sizes` must be anchored (measured or estimated)."""
     actions: list[FitAction] = []
+    history: list[Lowering] = []
     size = sizes.predict(quantized)
     if size <= budget:  # predicted to fit as it is: measure (one pass of the compressor); no move, no action
         size = sizes.measure(quantized)
     while size > budget:
-        quantized, moved = _lower_bits_until_predicted_fit(plans, quantized, sizes, budget, requantize, actions)
+        quantized, moved = _lower_bits_until_predicted_fit(plans, quantized, sizes, budget, requantize, actions,
+                                                           history)
         if not moved:
             break
         size = _confirm(sizes, quantized, actions)
     if size <= budget:
+        quantized, size = _give_back_bits(plans, quantized, size, sizes, budget, history, actions)
         return quantized, actions, size, True
     prunes = prune_order(plans, quantized)
-    if not prunes:
+    if not prunes.total:
         size = sizes.measure(quantized)
         return quantized, actions, size, size <= budget
-    everything = apply_prunes(quantized, prunes, len(prunes))
+    everything = prunes.apply(quantized, prunes.total)
     if sizes.predict(everything) > budget:
-        full = _confirm(sizes, everything, actions, f"all {len(prunes):,} ±1 values set to 0")
+        full = _confirm(sizes, everything, actions, f"all {prunes.total:,} ±1 values set to 0")
         if full > budget:
             return quantized, actions, min(size, full), False
-    low, high = 0, len(prunes)  # predicted: size(low) > budget >= size(high)
+    # The measured size of the unpruned state, when the last action measured it: then each prune search's
+    # measurement also gives `effect`, the measured change per predicted change, and the next search (from the new
+    # measurement) scales its predictions by it. Measured at golf scale: zeros helped brotli 1.35× more than the
+    # proxy predicted, both ways (pruning 3.6M ±1 values, and giving 0.9M of them back).
+    anchor: int | None = size if actions and actions[-1].action == "confirm" else None
+    effect = 1.0
+    low, high, limit = 0, prunes.total, float(budget)  # predicted: size(low) > limit >= size(high)
     while True:
         started = time.perf_counter()
-        while high - low > max(1, len(prunes) // 2000):
-            middle = (low + high) // 2
-            if sizes.predict(apply_prunes(quantized, prunes, middle)) <= budget:
-                high = middle
-            else:
-                low = middle
-        candidate = apply_prunes(quantized, prunes, high)
-        actions.append(FitAction("prune", f"{high:,} of {len(prunes):,} ±1 values set to 0", sizes.predict(candidate),
+        high = _fewest_prunes(prunes, quantized, low, high, limit, sizes)
+        candidate = prunes.apply(quantized, high)
+        predicted = sizes.predict(candidate)
+        actions.append(FitAction("prune", f"{high:,} of {prunes.total:,} ±1 values set to 0", predicted,
                                  predicted=True, seconds=time.perf_counter() - started))
         size = _confirm(sizes, candidate, actions)
-        if size <= budget or high == len(prunes):
+        if anchor is not None and predicted != anchor:
+            effect = min(max((size - anchor) / (predicted - anchor), 0.5), 2.0)
+        anchor = size
+        if size <= budget or high == prunes.total:
             break
-        low, high = high, len(prunes)  # optimistic: search again above, around the new anchor
+        # Optimistic: search again above, from the new measurement.
+        low, high, limit = high, prunes.total, size + (budget - size) / effect
     if size > budget:
         return quantized, actions, size, False
+    if budget - size > GIVE_BACK_MARGIN * budget:  # pessimistic: fewer prunes, searched from the measured fit
+        started = time.perf_counter()
+        limit = size + (budget - GIVE_BACK_MARGIN * budget - size) / effect
+        fewer = _fewest_prunes(prunes, quantized, 0, high, limit, sizes)
+        if fewer < high:
+            trial = prunes.apply(quantized, fewer)
+            actions.append(FitAction("prune", f"fewer: {fewer:,} of {prunes.total:,} ±1 values set to 0",
+                                     sizes.predict(trial), predicted=True, seconds=time.perf_counter() - started))
+            measured = _confirm(sizes, trial, actions)
+            if measured <= budget:
+                candidate, high, size = trial, fewer, measured
+            else:
+                actions.append(FitAction("revert", "over the budget: the fit measured before is kept", size))
     quantized = candidate
-    pruned = {name for name, _ in prunes[:high]}
+    pruned = set(prunes.counts(high))
     quantized, size = _refresh_after_pruning(plans, quantized, pruned, sizes, budget, requantize, actions, size)
     return quantized, actions, size, True
+
+
+def _fewest_prunes(prunes: PruneOrder, quantized: dict[str, QuantizedMatrix], low: int, high: int, limit: float,
+                   sizes: ArtifactSize) -> int:
+    """About the fewest prunes (to 1/2000 of them) predicted within `limit`, by binary search between `low`
+    (predicted over, or 0) and `high` (predicted within)."""
+    if low == 0 and sizes.predict(quantized) <= limit:
+        return 0
+    while high - low > max(1, prunes.total // 2000):
+        middle = (low + high) // 2
+        if sizes.predict(prunes.apply(quantized, middle)) <= limit:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _confirm(sizes: ArtifactSize, quantized: dict[str, QuantizedMatrix], actions: list[FitAction],
@@ -247,9 +339,10 @@ def _confirm(sizes: ArtifactSize, quantized: dict[str, QuantizedMatrix], actions
 
 def _lower_bits_until_predicted_fit(
     plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], sizes: ArtifactSize, budget: int,
-    requantize: Callable[[MatrixPlan, int], QuantizedMatrix], actions: list[FitAction],
+    requantize: Callable[[MatrixPlan, int], QuantizedMatrix], actions: list[FitAction], history: list[Lowering],
 ) -> tuple[dict[str, QuantizedMatrix], bool]:
-    """Lower the cheapest tensors by one bit, move by move, until the predicted size fits; (quantized, moved)."""
+    """Lower the cheapest tensors by one bit, move by move, until the predicted size fits; (quantized, moved).
+    Every tensor lowered is appended to `history`, with what it replaced and the bytes that saved."""
     predicted, moved = sizes.predict(quantized), False
     while predicted > budget:
         started = time.perf_counter()
@@ -262,6 +355,9 @@ def _lower_bits_until_predicted_fit(
             needed -= saved
             if needed <= 0:
                 break
+        before, before_plans = dict(quantized), dict(plans)
+        # Each entry's bytes as estimated now, at the bits it leaves (the estimate's ratio is this state's).
+        bytes_before = {name: sizes.entry_bytes(name, matrix) for name, matrix in quantized.items()}
         for name in picked:
             quantized = {**quantized, name: requantize(plans[name], quantized[name].bits - 1)}
         # A kept U was fitted to the V̂ of the bits before: fit and requantise it to the V̂ now stored (its bits
@@ -271,12 +367,64 @@ def _lower_bits_until_predicted_fit(
             plans[u_name] = fresh
             quantized = {**quantized, u_name: matrix}
         sizes.refine(quantized)
+        for name in picked:
+            if name in refreshed:  # a U lowered with its V: undone with that V (alone it would be stale)
+                continue
+            partners = tuple((u, before_plans[u], before[u], quantized[u])
+                             for u in refreshed if plans[u].factor_of == name)
+            # Bytes saved, each side estimated in its own state: the compressor's ratio to the proxy drifts with
+            # the bits (measured at the `cpu` preset: an undo of 6→4 bits priced at the 4-bit ratio came out 35%
+            # short), so an undo is priced with both estimates, not with the ratio of the state it starts from.
+            saved = sum(bytes_before[entry] - sizes.entry_bytes(entry, quantized[entry])
+                        for entry in (name, *(u for u, _, _, _ in partners)))
+            history.append(Lowering(name, before[name], quantized[name], partners, saved))
         predicted, moved = sizes.predict(quantized), True
         names = ", ".join(f"{name}→{quantized[name].bits}b" for name in picked)
         if refreshed:
             names += f" ({', '.join(refreshed)} refitted to the new V)"
         actions.append(FitAction("lower_bits", names, predicted, predicted=True, seconds=time.perf_counter() - started))
     return quantized, moved
+
+
+def _give_back_bits(
+    plans: dict[str, MatrixPlan], quantized: dict[str, QuantizedMatrix], size: int, sizes: ArtifactSize,
+    budget: int, history: list[Lowering], actions: list[FitAction],
+) -> tuple[dict[str, QuantizedMatrix], int]:
+    """Undo lowerings of this fit, most error removed per byte first, while the measured `size` plus what they
+    cost (GIVE_BACK_COST × the bytes they saved) stays within the budget less GIVE_BACK_MARGIN; measured once. (quantized, size): the undone state
+    if it measures within the budget, else the measured fit given."""
+    started = time.perf_counter()
+    room = budget - GIVE_BACK_MARGIN * budget - size
+    candidate, undone, pending = quantized, [], list(history)
+    while True:
+        # A tensor lowered twice is raised one bit at a time: only the last lowering that still applies is open.
+        best: tuple[float, Lowering] | None = None
+        for move in pending:
+            if not move.applies_to(candidate) or GIVE_BACK_COST * move.saved > room:
+                continue
+            plan = plans[move.name]
+            value = (output_error(plan, move.after) - output_error(plan, move.before)) / max(move.saved, 1.0)
+            if best is None or value > best[0]:
+                best = (value, move)
+        if best is None:
+            break
+        move = best[1]
+        candidate, room = move.undone(candidate), room - GIVE_BACK_COST * move.saved
+        pending.remove(move)
+        undone.append(move)
+    if not undone:
+        return quantized, size
+    names = ", ".join(f"{move.name}→{move.before.bits}b" for move in undone)
+    expected = round(size + GIVE_BACK_COST * sum(move.saved for move in undone))
+    actions.append(FitAction("raise_bits", names, expected, predicted=True, seconds=time.perf_counter() - started))
+    measured = _confirm(sizes, candidate, actions)
+    if measured > budget:
+        actions.append(FitAction("revert", "over the budget: the fit measured before is kept", size))
+        return quantized, size
+    for move in undone:  # the raised Us go back to the plans fitted to the V̂ they were quantised against
+        for name, plan, _, _ in move.partners:
+            plans[name] = plan
+    return candidate, measured
 
 
 def _refresh_after_pruning(

@@ -34,6 +34,7 @@ def artifact_report(path: Path) -> dict[str, Any]:
         "format_version": format_version(path.read_bytes()[:HEADER_SIZE]),
         "compressor": manifest["compressor"],
         "storage": manifest["storage"],
+        "frames": len(manifest["frames"]) if "frames" in manifest else 1,  # format 1-2: one stream
         "config": manifest["config"],
         "ranks": manifest["ranks"],
         "fold_counts": dict(Counter(manifest["fold"].values())),

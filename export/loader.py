@@ -21,7 +21,7 @@ from alrt_core.model.gpt import GPT
 from alrt_core.training.checkpoint import load_checkpoint
 from alrt_core.training.swa import checkpoint_eval_weights
 from export.artifact import is_artifact, read_artifact
-from export.compress import decompress
+from export.compress import decompress_frames
 from export.payload import decode_payload
 
 # What `model` holds: a `GPT` from an artifact or checkpoint; with `allow_onnx`, any `Decoder` (an `.onnx` file
@@ -43,7 +43,7 @@ def load_artifact_weights(path: Path) -> tuple[dict[str, Any], dict[str, torch.T
     """(manifest, dequantised float32 tensors by state-dict name, tokenizer bytes), every checksum verified."""
     manifest, payload = read_artifact(path)
     try:
-        raw = decompress(payload, manifest["compressor"])
+        raw = decompress_frames(payload, manifest["compressor"], manifest.get("frames"))
         tensors, tokenizer = decode_payload(raw, manifest["tensors"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise UserError(f"{path}: corrupt artifact payload ({type(error).__name__})") from None

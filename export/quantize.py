@@ -30,8 +30,8 @@ from export.artifact import encode_artifact
 from export.budget_fit import FitAction, MatrixPlan, fit_factor, fit_to_budget
 from export.calibration import HEAD_INPUT, TokenWindows, collect_hessians
 from export.calibration_data import CalibrationData, resolve_calibration_data
-from export.compress import COMPRESSORS, Compressor, compress
-from export.gptq import DEFAULT_CLIP_CANDIDATES, QuantizedMatrix, quantize_matrix
+from export.compress import COMPRESSORS, Compressor, available_cpus, compress, compress_frames, frame_bounds
+from export.gptq import DEFAULT_CLIP_CANDIDATES, InverseHessian, QuantizedMatrix, quantize_matrix
 from export.loader import load_for_export, run_tokenizer
 from export.payload import STORAGES, Storage, encode_payload, integer_bytes, scale_bytes
 from export.size_prediction import SizePredictor, proxy_size
@@ -168,12 +168,22 @@ def quantize_checkpoint(
     plans, passthrough, fold, ranks = _plan(model.cpu(), hessians, options)
     clips_for = {"embed": EMBED_CLIP_CANDIDATES, "head": EMBED_CLIP_CANDIDATES, "table": EMBED_CLIP_CANDIDATES}
 
+    # GPTQ's preparation of each Hessian, kept with it: a budget fit re-quantises matrices at fewer bits.
+    inverses: dict[int, tuple[Tensor, InverseHessian]] = {}
+
+    def inverse_of(hessian: Tensor) -> InverseHessian:
+        held = inverses.get(id(hessian))
+        if held is None or held[0] is not hessian:
+            held = inverses[id(hessian)] = (hessian, InverseHessian.of(hessian.to(device)))
+        return held[1]
+
     def requantize(plan: MatrixPlan, bits: int) -> QuantizedMatrix:
         clips = clips_for.get(plan.tensor_class, DEFAULT_CLIP_CANDIDATES)
         if not options.clip_search:
             clips = (clips[len(clips) // 2],)
+        inverse = inverse_of(plan.hessian) if options.method == "gptq" else None
         matrix = quantize_matrix(plan.weight.to(device), plan.hessian.to(device), bits, clips=clips,
-                                 method=options.method)
+                                 method=options.method, inverse=inverse)
         return QuantizedMatrix(matrix.q.cpu(), matrix.scale.cpu(), matrix.bits, matrix.clip, matrix.error)
 
     quant_start = time.perf_counter()
@@ -216,13 +226,14 @@ def quantize_checkpoint(
     built: dict[tuple[tuple[str, int], ...], tuple[dict[str, QuantizedMatrix], bytes, dict[str, Any]]] = {}
 
     def build(current: dict[str, QuantizedMatrix]) -> tuple[bytes, dict[str, Any]]:
-        """The artifact of `current`: one pass of the final compressor, or the last one's result if unchanged."""
+        """The artifact of `current`: one pass of the final compressor, or a result kept from the last three passes
+        (a fit whose last measurements are over the budget returns a state measured before them)."""
         key = tuple((name, id(matrix)) for name, matrix in current.items())
         if key in built:
             return built[key][1], built[key][2]
         raw_payload, schemes, sizes = encode_payload(current, passthrough, tokenizer_bytes, storage)
         pass_start = time.perf_counter()
-        payload = _compress_with_progress(raw_payload, compressor, speed, on_progress, f"compress {compressor}")
+        payload, frames = _compress_with_progress(raw_payload, compressor, speed, on_progress, f"compress {compressor}")
         compress_seconds.append(time.perf_counter() - pass_start)
         # The byte map: each entry's estimated share of the compressed payload (its proxy bytes; they add up to
         # the payload's size).
@@ -230,9 +241,10 @@ def quantize_checkpoint(
         weights.update({name: predictor.fixed[name] for name in sizes if name not in weights})
         total_weight = max(sum(weights.values()), 1)
         byte_map = {name: round(len(payload) * weights[name] / total_weight) for name in sizes}
-        manifest = {**base_manifest, "tensors": schemes, "raw_bytes": sizes, "byte_map": byte_map}
+        manifest = {**base_manifest, "tensors": schemes, "raw_bytes": sizes, "byte_map": byte_map, "frames": frames}
         data = encode_artifact(manifest, payload)
-        built.clear()  # keep the last build only (with its matrices, so their ids stay theirs)
+        for old in list(built)[:-2]:  # keep three builds (with their matrices, so their ids stay theirs)
+            del built[old]
         built[key] = (current, data, manifest)
         return data, manifest
 
@@ -243,7 +255,7 @@ def quantize_checkpoint(
 
     def sample_ratio(current: dict[str, QuantizedMatrix]) -> float:
         sample = sample_rows(current, layout.step)
-        return ratio_of(sample, len(compress(encode_payload(sample, passthrough, tokenizer_bytes, storage)[0], compressor)))
+        return ratio_of(sample, _compressed_size(encode_payload(sample, passthrough, tokenizer_bytes, storage)[0], compressor))
 
     manifest_bytes = len(encode_artifact({**base_manifest, **_manifest_tables(quantized, passthrough, tokenizer_bytes, storage)}, b""))
     predictor = SizePredictor(passthrough, tokenizer_bytes, storage, lambda current: len(build(current)[0]) + code_bytes,
@@ -342,7 +354,7 @@ class Layout:
 
     storage: Storage
     compressor: str
-    bytes_per_second: float
+    bytes_per_second: float  # of one thread (a payload of several frames compresses on several)
     step: int  # the sample holds every step-th row of each matrix
     sample: dict[str, QuantizedMatrix]
     compressed_bytes: int
@@ -371,11 +383,12 @@ def _choose_layout(
     raw = encoded[storage]
     sizes: dict[str, int] = {}
     speeds: dict[str, float] = {}
+    threads = _compress_threads(len(raw))
     for name in COMPRESSORS if options.compressor == "auto" else (options.compressor,):
         start = time.perf_counter()
-        sizes[name] = len(compress(raw, name))
+        sizes[name] = _compressed_size(raw, name)
         seconds = time.perf_counter() - start
-        speeds[name] = len(raw) / max(seconds, 1e-6)
+        speeds[name] = len(raw) / max(seconds, 1e-6) / threads
         timings[f"sample_{name}"] = seconds
     compressor = min(sizes, key=lambda name: sizes[name])
     return Layout(storage, compressor, speeds[compressor], step, sample, sizes[compressor])
@@ -384,21 +397,33 @@ def _choose_layout(
 def _manifest_tables(quantized: dict[str, QuantizedMatrix], passthrough: dict[str, Tensor], tokenizer: bytes,
                      storage: Storage) -> dict[str, Any]:
     """The manifest's per-tensor tables as `build` writes them (byte map values as wide as the real ones)."""
-    _, schemes, sizes = encode_payload(quantized, passthrough, tokenizer, storage)
-    return {"tensors": schemes, "raw_bytes": sizes, "byte_map": dict(sizes)}
+    raw, schemes, sizes = encode_payload(quantized, passthrough, tokenizer, storage)
+    frames = [end - start for start, end in frame_bounds(len(raw))]  # raw lengths: no shorter than compressed ones
+    return {"tensors": schemes, "raw_bytes": sizes, "byte_map": dict(sizes), "frames": frames}
+
+
+def _compress_threads(length: int) -> int:
+    """Threads a payload of `length` bytes compresses on: one per frame, at most one per CPU."""
+    return min(len(frame_bounds(length)), available_cpus())
+
+
+def _compressed_size(raw: bytes, compressor: str) -> int:
+    """Bytes of `raw` compressed as the artifact's payload is (in frames)."""
+    return len(compress_frames(raw, compressor)[0])
 
 
 def _compress_with_progress(raw: bytes, compressor: str, bytes_per_second: float,
-                            on_progress: Callable[[str, int, int], None] | None, phase: str) -> bytes:
-    """`compress(raw, compressor)`, reporting estimated progress (from the sample's speed) while it runs."""
+                            on_progress: Callable[[str, int, int], None] | None, phase: str) -> tuple[bytes, list[int]]:
+    """`compress_frames(raw, compressor)`, reporting estimated progress (from the sample's speed) while it runs."""
     if on_progress is None or len(raw) < 2 * SAMPLE_BYTES:  # a few seconds at most: no bar
-        return compress(raw, compressor)
-    result: list[bytes] = []
-    worker = threading.Thread(target=lambda: result.append(compress(raw, compressor)), daemon=True)
+        return compress_frames(raw, compressor)
+    result: list[tuple[bytes, list[int]]] = []
+    worker = threading.Thread(target=lambda: result.append(compress_frames(raw, compressor)), daemon=True)
     started = time.perf_counter()
     worker.start()
     while worker.is_alive():
-        estimate = min(int((time.perf_counter() - started) * bytes_per_second), len(raw) * 99 // 100)
+        rate = bytes_per_second * _compress_threads(len(raw))
+        estimate = min(int((time.perf_counter() - started) * rate), len(raw) * 99 // 100)
         on_progress(phase, estimate, len(raw))
         worker.join(0.5)
     on_progress(phase, len(raw), len(raw))

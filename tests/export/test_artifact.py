@@ -45,7 +45,7 @@ def test_the_manifest_is_compressed_and_version_1_files_still_read():
     data = encode_artifact(manifest, b"payload")
     plain = len(json.dumps(decode_artifact(data)[0], sort_keys=True, separators=(",", ":")))
     stored = struct.unpack_from("<I", data, 12)[0]
-    assert FORMAT_VERSION == 2 and stored < plain / 3  # brotli-compressed JSON
+    assert FORMAT_VERSION == 3 and stored < plain / 3  # brotli-compressed JSON (since version 2)
     # A version-1 file (plain JSON manifest) written by an older alrt.
     old_manifest = json.dumps(decode_artifact(data)[0], sort_keys=True, separators=(",", ":")).encode()
     header = struct.pack("<8sIIQ32s", MAGIC, 1, len(old_manifest), 7, hashlib.sha256(old_manifest).digest())

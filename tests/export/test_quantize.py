@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from run_helpers import train_tiny
 
 from alrt_core.errors import UserError
 from alrt_core.model.gpt import GPT
-from export.artifact import write_artifact
+from export.artifact import decode_artifact, encode_artifact, format_version, write_artifact
+from export.compress import compress, decompress_frames
 from export.loader import load_model
 from export.quantize import QuantizeOptions, fold_decision, quantize_checkpoint
 
@@ -109,6 +111,9 @@ def test_cli_quantize_counts_code_and_inspect_artifact(checkpoint, tmp_path):
                   "--count-code", str(code), "--eval", "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
+    # Without a terminal, each phase says when it starts, on stderr (stdout is the one JSON object).
+    assert "calibrate: 2,048 tokens …" in result.stderr
+    assert re.search(r"^quantize: \d+ matrices …$", result.stderr, re.MULTILINE), result.stderr
     assert summary["code_bytes"] == code.stat().st_size
     assert summary["total_bytes"] == out.stat().st_size + code.stat().st_size <= 16_000_000
     assert summary["headroom"] == 16_000_000 - summary["total_bytes"]
@@ -119,10 +124,11 @@ def test_cli_quantize_counts_code_and_inspect_artifact(checkpoint, tmp_path):
     report = alrt("inspect", "artifact", str(out), "--json")
     assert report.returncode == 0, report.stderr
     data = json.loads(report.stdout)
-    assert data["file_bytes"] == out.stat().st_size
+    assert data["file_bytes"] == out.stat().st_size and data["frames"] == 1  # a small payload is one frame
     assert abs(sum(e["bytes"] for e in data["entries"]) - data["sections"]["payload"]) <= len(data["entries"])
     text = alrt("inspect", "artifact", str(out))
     assert text.returncode == 0 and "byte map" in text.stdout and "checksums verified" in text.stdout
+    assert f"payload {data['sections']['payload']:,} B in 1 frame\n" in text.stdout
 
 
 def test_corrupt_artifact_is_a_user_error_everywhere(unconstrained, tmp_path):
@@ -134,6 +140,29 @@ def test_corrupt_artifact_is_a_user_error_everywhere(unconstrained, tmp_path):
         load_model(path)
     result = alrt("inspect", "artifact", str(path))
     assert result.returncode == 2 and "checksum mismatch" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_artifact_of_format_2_one_stream_without_frames_still_loads(unconstrained, tmp_path):
+    manifest, payload = decode_artifact(unconstrained.data)
+    assert format_version(unconstrained.data) == 3 and sum(manifest["frames"]) == len(payload)
+    single = compress(decompress_frames(payload, manifest["compressor"], manifest["frames"]), manifest["compressor"])
+    old = {key: value for key, value in manifest.items() if key not in ("frames", "payload_sha256", "payload_bytes")}
+    data = bytearray(encode_artifact(old, single))
+    data[8:12] = (2).to_bytes(4, "little")  # as an alrt before frames wrote it
+    path = tmp_path / "v2.alrt"
+    path.write_bytes(bytes(data))
+    state = load_model(path).model.state_dict()
+    for name, value in unconstrained.dequantized_state().items():
+        assert torch.equal(state[name], value), name
+
+
+def test_wrong_frame_lengths_are_a_corrupt_payload(unconstrained, tmp_path):
+    manifest, payload = decode_artifact(unconstrained.data)
+    broken = {**manifest, "frames": [*manifest["frames"][:-1], manifest["frames"][-1] + 1]}
+    path = tmp_path / "frames.alrt"
+    path.write_bytes(encode_artifact(broken, payload))
+    with pytest.raises(UserError, match="corrupt artifact payload"):
+        load_model(path)
 
 
 def test_no_budget_move_gives_the_unconstrained_artifact_with_one_compression(checkpoint, unconstrained):
