@@ -12,6 +12,7 @@ compressed length (its manifest's `frames`); a payload without them is one strea
 
 from __future__ import annotations
 
+import itertools
 import lzma
 import os
 import typing
@@ -81,7 +82,7 @@ def decompress_frames(data: bytes, method: str, frames: list[int] | None) -> byt
         return decompress(data, method)
     if sum(frames) != len(data) or any(length <= 0 for length in frames):
         raise ValueError("frame lengths do not add up to the payload")
-    starts = [sum(frames[:index]) for index in range(len(frames))]
+    starts = [0, *itertools.accumulate(frames[:-1])]
     with ThreadPoolExecutor(max_workers=min(len(frames), available_cpus())) as pool:
         pieces = pool.map(lambda start, length: decompress(data[start:start + length], method), starts, frames)
         return b"".join(pieces)

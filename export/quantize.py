@@ -419,10 +419,10 @@ def _compress_with_progress(raw: bytes, compressor: str, bytes_per_second: float
         return compress_frames(raw, compressor)
     result: list[tuple[bytes, list[int]]] = []
     worker = threading.Thread(target=lambda: result.append(compress_frames(raw, compressor)), daemon=True)
+    rate = bytes_per_second * _compress_threads(len(raw))
     started = time.perf_counter()
     worker.start()
     while worker.is_alive():
-        rate = bytes_per_second * _compress_threads(len(raw))
         estimate = min(int((time.perf_counter() - started) * rate), len(raw) * 99 // 100)
         on_progress(phase, estimate, len(raw))
         worker.join(0.5)

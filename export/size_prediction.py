@@ -29,7 +29,6 @@ from export.gptq import QuantizedMatrix
 from export.payload import Storage, fp16_bytes, integer_bytes, scale_bytes
 
 PROXY_LEVEL = 3
-CACHED_PER_ENTRY = 2
 
 
 def proxy_size(data: bytes) -> int:
@@ -50,7 +49,7 @@ class SizePredictor:
         self._measure, self._sample_ratio, self.overhead = measure, sample_ratio, overhead
         self.fixed = {name: proxy_size(fp16_bytes(tensor)) for name, tensor in passthrough.items()}
         self.fixed["tokenizer.model"] = proxy_size(tokenizer)
-        self._cache: dict[str, list[tuple[QuantizedMatrix, int]]] = {}
+        self._cache: dict[str, tuple[QuantizedMatrix, int]] = {}
         self.anchor_size: int | None = None
         self.anchor_proxy = 0
         self.ratio = 1.0  # compressed bytes per proxy byte
@@ -65,15 +64,12 @@ class SizePredictor:
         self.refinements += 1
 
     def entry_proxy(self, name: str, matrix: QuantizedMatrix) -> int:
-        """Proxy bytes of one matrix's entry (integers and scales), computed once per matrix object (the last
-        CACHED_PER_ENTRY matrices of each entry are kept: a fit compares a tensor's state with the one before)."""
-        cached = self._cache.setdefault(name, [])
-        for held, size in cached:
-            if held is matrix:
-                return size
-        size = proxy_size(integer_bytes(matrix, self.storage)) + proxy_size(scale_bytes(matrix))
-        cached[:] = [*cached[-(CACHED_PER_ENTRY - 1):], (matrix, size)]
-        return size
+        """Proxy bytes of one matrix's entry (integers and scales), computed once per matrix object."""
+        cached = self._cache.get(name)
+        if cached is None or cached[0] is not matrix:
+            size = proxy_size(integer_bytes(matrix, self.storage)) + proxy_size(scale_bytes(matrix))
+            cached = self._cache[name] = (matrix, size)
+        return cached[1]
 
     def proxy_total(self, quantized: dict[str, QuantizedMatrix]) -> int:
         return sum(self.entry_proxy(name, matrix) for name, matrix in quantized.items()) + sum(self.fixed.values())
